@@ -1,0 +1,274 @@
+"""The verbs everyone calls: the API, pages, admin actions, commands and interventions.
+
+Every verb checks its input, goes through ``store.apply`` (one transaction), and
+raises ``ServiceError`` with an HTTP-ish status and a message that says why.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jsonschema
+from django.db import transaction
+from django.utils import timezone
+
+from interventions.models import Intervention
+from workflows import engine, spec as spec_mod, store
+from workflows.models import Run, WorkflowDefinition
+
+
+class ServiceError(Exception):
+    def __init__(self, status: int, message: str, errors: list[dict[str, str]] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.errors = errors or []
+
+
+class NotFound(ServiceError):
+    def __init__(self, message: str) -> None:
+        super().__init__(404, message)
+
+
+def _actor(user: Any) -> str:
+    return getattr(user, "username", "") or (str(user) if user else "system")
+
+
+def _user(user: Any) -> Any:
+    return user if getattr(user, "pk", None) else None
+
+
+# --------------------------------------------------------------------------- workflows
+
+
+def save_workflow(
+    text: str, content_type: str | None = None, user: Any = None
+) -> tuple[WorkflowDefinition, bool]:
+    """Validate and save. Same text as the latest version: (that version, False)."""
+    try:
+        parsed = spec_mod.parse_workflow(text, content_type)
+    except spec_mod.SpecError as exc:
+        raise ServiceError(400, "the workflow is not valid", exc.errors) from exc
+    name = parsed.spec.name
+    with transaction.atomic():
+        latest = (
+            WorkflowDefinition.objects.select_for_update()
+            .filter(name=name)
+            .order_by("-version")
+            .first()
+        )
+        if latest is not None and latest.checksum == parsed.checksum:
+            return latest, False
+        definition = WorkflowDefinition.objects.create(
+            name=name,
+            version=(latest.version + 1) if latest else 1,
+            description=parsed.spec.description or "",
+            source=text,
+            spec=parsed.data,
+            checksum=parsed.checksum,
+            created_by=_user(user),
+        )
+    return definition, True
+
+
+def get_definition(name: str, version: int | None = None) -> WorkflowDefinition:
+    qs = WorkflowDefinition.objects.filter(name=name)
+    definition = qs.filter(version=version).first() if version else qs.order_by("-version").first()
+    if definition is None:
+        what = f"workflow {name!r}" + (f" version {version}" if version else "")
+        raise NotFound(f"{what} does not exist")
+    return definition
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def _check_faults(faults: Any) -> list[dict[str, Any]]:
+    if faults is None:
+        return []
+    errors = []
+    if not isinstance(faults, list):
+        raise ServiceError(400, "faults must be a list", [{"path": "faults", "message": "must be a list"}])
+    for i, fault in enumerate(faults):
+        if not isinstance(fault, dict) or not isinstance(fault.get("step"), str):
+            errors.append({"path": f"faults[{i}].step", "message": "required: a step name"})
+            continue
+        attempts = fault.get("attempts")
+        if attempts is not None and (
+            not isinstance(attempts, list) or not all(isinstance(a, int) and a >= 1 for a in attempts)
+        ):
+            errors.append({"path": f"faults[{i}].attempts", "message": "must be a list of integers >= 1"})
+    if errors:
+        raise ServiceError(400, "faults are not valid", errors)
+    return faults
+
+
+def start_run(
+    workflow: str,
+    version: int | None = None,
+    input: Any = None,
+    faults: Any = None,
+    user: Any = None,
+    restarted_from: Run | None = None,
+) -> Run:
+    definition = get_definition(workflow, version)
+    data = {} if input is None else input
+    spec = store.spec_for(definition)
+    if spec.inputs:
+        validator = jsonschema.Draft202012Validator(spec.inputs)
+        problems = sorted(validator.iter_errors(data), key=lambda e: list(e.path))
+        if problems:
+            raise ServiceError(
+                400,
+                "the input does not match the workflow's inputs schema",
+                [
+                    {"path": "input" + "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in e.path), "message": e.message}
+                    for e in problems
+                ],
+            )
+    fault_list = _check_faults(faults)
+    names = {s.name for s, _ in spec.all_steps()}
+    unknown = [f["step"] for f in fault_list if f["step"].split("[", 1)[0] not in names]
+    if unknown:
+        raise ServiceError(
+            400,
+            "faults name steps that are not in the workflow",
+            [{"path": "faults", "message": f"unknown step {u!r}"} for u in unknown],
+        )
+    with transaction.atomic():
+        run = Run.objects.create(
+            definition=definition,
+            workflow_name=definition.name,
+            workflow_version=definition.version,
+            input=data,
+            faults=fault_list,
+            state=engine.new_state(),
+            created_by=_user(user),
+            restarted_from=restarted_from,
+        )
+        run_id = str(run.pk)
+        store.apply(
+            run.pk,
+            lambda r: engine.StartRun(time.time(), run_id, data, tuple(fault_list)),
+            _actor(user),
+        )
+    run.refresh_from_db()
+    return run
+
+
+def get_run(run_id: Any) -> Run:
+    try:
+        return Run.objects.select_related("definition").get(pk=run_id)
+    except (Run.DoesNotExist, ValueError, Exception) as exc:
+        if isinstance(exc, Run.DoesNotExist | ValueError) or "UUID" in str(exc):
+            raise NotFound(f"run {run_id} does not exist") from exc
+        raise
+
+
+def _apply(run_id: Any, make: Any, user: Any) -> Run:
+    get_run(run_id)
+    try:
+        applied = store.apply(run_id, make, _actor(user))
+    except engine.EngineError as exc:
+        raise ServiceError(409, str(exc)) from exc
+    except store.RunNotFound as exc:
+        raise NotFound(f"run {run_id} does not exist") from exc
+    assert applied is not None
+    return applied.run
+
+
+def pause(run_id: Any, user: Any = None) -> Run:
+    return _apply(run_id, lambda r: engine.PauseRun(time.time()), user)
+
+
+def resume(run_id: Any, user: Any = None) -> Run:
+    return _apply(run_id, lambda r: engine.ResumeRun(time.time()), user)
+
+
+def cancel(run_id: Any, user: Any = None, reason: str = "") -> Run:
+    why = reason or f"cancelled by {_actor(user)}"
+    return _apply(run_id, lambda r: engine.CancelRun(time.time(), why), user)
+
+
+def retry_step(run_id: Any, step: str, user: Any = None) -> Run:
+    _require_step(run_id, step)
+    return _apply(run_id, lambda r: engine.RetryStep(time.time(), step), user)
+
+
+def skip_step(run_id: Any, step: str, output: Any = None, user: Any = None) -> Run:
+    _require_step(run_id, step)
+    return _apply(run_id, lambda r: engine.SkipStep(time.time(), step, output), user)
+
+
+def _require_step(run_id: Any, step: str) -> None:
+    run = get_run(run_id)
+    if step not in run.state.get("steps", {}):
+        names = {s.name for s, _ in store.spec_for(run.definition).all_steps()}
+        if step.split("[", 1)[0] in names:
+            raise ServiceError(409, f"step {step!r} has not been reached in this run")
+        raise NotFound(f"step {step!r} does not exist in workflow {run.workflow_name}")
+
+
+def restart(run_id: Any, user: Any = None, input: Any = None) -> Run:
+    """A new run of the same workflow version, from a clean state, linked to the old one."""
+    old = get_run(run_id)
+    return start_run(
+        old.workflow_name,
+        old.workflow_version,
+        old.input if input is None else input,
+        None,
+        user,
+        restarted_from=old,
+    )
+
+
+# --------------------------------------------------------------------------- interventions
+
+
+def decide(
+    intervention_id: int,
+    action: str,
+    user: Any = None,
+    output: Any = None,
+    comment: str = "",
+) -> Intervention:
+    try:
+        intervention = Intervention.objects.get(pk=intervention_id)
+    except (Intervention.DoesNotExist, ValueError) as exc:
+        raise NotFound(f"intervention {intervention_id} does not exist") from exc
+    if intervention.status != "open":
+        raise ServiceError(409, f"intervention {intervention_id} is already {intervention.status}")
+    if action not in intervention.options:
+        raise ServiceError(
+            400,
+            f"{action!r} is not an option here; choose one of {', '.join(intervention.options)}",
+            [{"path": "action", "message": f"must be one of {intervention.options}"}],
+        )
+    by = _actor(user)
+
+    def record(run: Run) -> None:
+        updated = Intervention.objects.filter(pk=intervention.pk, status="open").update(
+            status="decided",
+            decided_at=timezone.now(),
+            decided_by=_user(user),
+            action=action,
+            comment=comment or "",
+            output=output,
+        )
+        if not updated:
+            raise ServiceError(409, f"intervention {intervention_id} was decided meanwhile")
+
+    try:
+        store.apply(
+            intervention.run_id,
+            lambda r: engine.InterventionDecided(
+                time.time(), intervention.step, action, output, by, comment or ""
+            ),
+            by,
+            before=record,
+        )
+    except engine.EngineError as exc:
+        raise ServiceError(409, str(exc)) from exc
+    intervention.refresh_from_db()
+    return intervention
