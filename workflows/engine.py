@@ -34,7 +34,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 from workflows import expressions
@@ -265,8 +264,22 @@ def _deps_of(steps: tuple[StepSpec, ...]) -> dict[str, tuple[str, ...]]:
     return deps
 
 
-@lru_cache(maxsize=256)
+_index_cache: dict[int, tuple[WorkflowSpec, dict[str, Node]]] = {}
+
+
 def index(spec: WorkflowSpec) -> dict[str, Node]:
+    """Every step of the spec by name, with its dependencies and on-failure policy."""
+    cached = _index_cache.get(id(spec))
+    if cached is not None and cached[0] is spec:
+        return cached[1]
+    if len(_index_cache) > 512:
+        _index_cache.clear()
+    nodes = _build_index(spec)
+    _index_cache[id(spec)] = (spec, nodes)
+    return nodes
+
+
+def _build_index(spec: WorkflowSpec) -> dict[str, Node]:
     nodes: dict[str, Node] = {}
     default = spec.settings.on_failure
 

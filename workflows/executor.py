@@ -45,12 +45,18 @@ class Watchdog:
         self._stop = threading.Event()
 
     def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="flowmend-watchdog", daemon=True)
-            self._thread.start()
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._stop = threading.Event()
+                self._thread = threading.Thread(
+                    target=self._loop, args=(self._stop,), name="flowmend-watchdog", daemon=True
+                )
+                self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
+        with self._lock:
+            self._thread = None
 
     def track(self, attempt_id: int, timeout: float) -> None:
         with self._lock:
@@ -61,12 +67,12 @@ class Watchdog:
         with self._lock:
             self._running.pop(attempt_id, None)
 
-    def _loop(self) -> None:
+    def _loop(self, stop: threading.Event) -> None:
         from django.db import close_old_connections
 
         interval = max(0.2, min(1.0, settings.FLOWMEND_LEASE_SECONDS / 3))
         last_lease = 0.0
-        while not self._stop.wait(0.1):
+        while not stop.wait(0.1):
             now = time.monotonic()
             with self._lock:
                 items = list(self._running.items())

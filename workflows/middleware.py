@@ -24,7 +24,7 @@ class DatabaseConnections(Middleware):
 
     after_skip_message = after_process_message
 
-    def before_worker_thread_shutdown(self, broker: Any, worker: Any, thread: Any) -> None:
+    def before_worker_thread_shutdown(self, broker: Any, thread: Any) -> None:
         from django.db import connections
 
         connections.close_all()

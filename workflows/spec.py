@@ -611,6 +611,13 @@ def _convert_errors(exc: ValidationError, prefix: str = "") -> list[dict[str, st
     """pydantic errors -> [{path, message}] with the YAML keys (aliases)."""
     out: list[dict[str, str]] = []
     for err in exc.errors(include_url=False):
+        # pydantic counts only the items that validated: the items' own errors say it all
+        if (
+            err["type"] == "too_short"
+            and isinstance(err.get("input"), list | tuple)
+            and len(err["input"]) >= int((err.get("ctx") or {}).get("min_length", 0))
+        ):
+            continue
         base = _path_join(prefix, _loc_to_path(err["loc"]))
         error = (err.get("ctx") or {}).get("error")
         if isinstance(error, _NestedErrors):
@@ -812,7 +819,7 @@ class _Checker:
                 self.err(f"{path}.needs", f"not allowed on {label} steps (they run in order)")
             if kind in ("compensation", "handler") and "compensate" in step:
                 self.err(f"{path}.compensate", f"not allowed on {label} steps")
-        if is_flow:
+        if is_flow and kind == "action":
             for key in ("on-failure", "compensate"):
                 if key in step:
                     self.err(

@@ -36,9 +36,8 @@ _registry: dict[str, Action] = {}
 def register(name: str) -> Callable[[Action], Action]:
     def deco(fn: Action) -> Action:
         _registry[name] = fn
-        spec_mod_register = getattr(spec_mod, "register_step_type", None)
-        if spec_mod_register is not None:
-            spec_mod_register(name)
+        if name not in spec_mod.ACTION_TYPES:
+            spec_mod.register_step_type(name)
         return fn
 
     return deco

@@ -1,0 +1,472 @@
+"""The operator console: server-rendered pages over ``workflows.services``.
+
+Pages read models directly; every change goes through a service verb. A page that
+changes something is a POST form (CSRF) that redirects back with a message; links
+never act by themselves (alert links and chat unfurlers fetch them).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.db.models import Count, Max, Min
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_POST
+from django_htmx.http import HttpResponseClientRefresh
+
+from interventions.models import Intervention
+from workflows import engine, services
+from workflows.models import (
+    TERMINAL_RUN_STATUSES,
+    ErrorRecord,
+    Run,
+    RunStatus,
+    StepAttempt,
+    WorkflowDefinition,
+)
+
+RUN_LIST_LIMIT = 100
+EVENT_LIMIT = 500
+WORKFLOW_NAME_RE = re.compile(r"^[a-z0-9_-]{1,100}$")
+OPERATOR_ROLES = frozenset({"operator", "admin"})
+
+
+# --------------------------------------------------------------------------- access
+
+
+def role_of(user: Any) -> str:
+    """viewer, operator or admin. Uses ``workflows.auth`` when it is there."""
+    try:
+        from workflows import auth
+    except ImportError:
+        auth = None
+    if auth is not None and hasattr(auth, "role_of"):
+        return str(auth.role_of(user) or "viewer")
+    if user.is_superuser:
+        return "admin"
+    groups = set(user.groups.values_list("name", flat=True))
+    if "admin" in groups:
+        return "admin"
+    if "operator" in groups or user.is_staff:
+        return "operator"
+    return "viewer"
+
+
+def may_operate(user: Any) -> bool:
+    return role_of(user) in OPERATOR_ROLES
+
+
+def _refuse_viewer(request: HttpRequest, what: str) -> bool:
+    if may_operate(request.user):
+        return False
+    messages.error(request, f"Refused: {what} needs the operator or admin role.")
+    return True
+
+
+def not_found(request: HttpRequest, message: str, back_url: str, back_label: str) -> HttpResponse:
+    context = {"message": message, "back_url": back_url, "back_label": back_label}
+    return render(request, "404.html", context, status=404)
+
+
+# --------------------------------------------------------------------------- overview
+
+
+@login_required
+def overview(request: HttpRequest) -> HttpResponse:
+    counts = dict(Run.objects.values_list("status").annotate(n=Count("id")).order_by())
+    context = {
+        "status_counts": [(status, counts.get(status, 0)) for status in RunStatus.values],
+        "total_runs": sum(counts.values()),
+        "open_interventions": Intervention.objects.filter(status="open").count(),
+        "recent_runs": Run.objects.all()[:10],
+        "recent_interventions": Intervention.objects.filter(status="open").select_related("run")[:5],
+        "now": timezone.now(),
+    }
+    return render(request, "overview.html", context)
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def _run_filters(request: HttpRequest) -> tuple[dict[str, str], list[str]]:
+    """Valid filters from the query string, and a note for each one ignored."""
+    filters: dict[str, str] = {}
+    notes: list[str] = []
+    status = request.GET.get("status", "").strip()
+    if status:
+        if status in RunStatus.values:
+            filters["status"] = status
+        else:
+            notes.append(f"Ignored status filter {status[:50]!r}: not a run status.")
+    workflow = request.GET.get("workflow", "").strip()
+    if workflow:
+        if WORKFLOW_NAME_RE.match(workflow):
+            filters["workflow_name"] = workflow
+        else:
+            notes.append(f"Ignored workflow filter {workflow[:50]!r}: not a workflow name.")
+    return filters, notes
+
+
+@login_required
+def run_list(request: HttpRequest) -> HttpResponse:
+    filters, notes = _run_filters(request)
+    runs = list(Run.objects.filter(**filters)[: RUN_LIST_LIMIT + 1])
+    context = {
+        "runs": runs[:RUN_LIST_LIMIT],
+        "truncated": len(runs) > RUN_LIST_LIMIT,
+        "limit": RUN_LIST_LIMIT,
+        "notes": notes,
+        "status": filters.get("status", ""),
+        "workflow": filters.get("workflow_name", ""),
+        "statuses": RunStatus.values,
+        "workflow_names": sorted(
+            set(WorkflowDefinition.objects.values_list("name", flat=True))
+        ),
+        "now": timezone.now(),
+    }
+    return render(request, "runs/list.html", context)
+
+
+def _step_rows(run: Run) -> list[dict[str, Any]]:
+    attempts: dict[str, list[StepAttempt]] = defaultdict(list)
+    for attempt in StepAttempt.objects.filter(run=run).order_by("step", "number"):
+        attempts[attempt.step].append(attempt)
+    cancelled = bool(run.state.get("cancelled"))
+    rows = []
+    for name, st in run.state.get("steps", {}).items():
+        status = st.get("status", "")
+        rows.append(
+            {
+                "name": name,
+                "state": st,
+                "status": status,
+                "kind": st.get("kind", ""),
+                "attempt_count": st.get("attempt", 0),
+                "attempts": attempts.get(name, []),
+                "can_retry": not cancelled and status in ("failed", "cancelled", "retrying"),
+                "can_skip": not cancelled
+                and st.get("kind") != "flow"
+                and status in ("pending", "failed", "cancelled", "retrying"),
+            }
+        )
+    return rows
+
+
+def _run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
+    terminal = run.status in TERMINAL_RUN_STATUSES
+    return {
+        "run": run,
+        "terminal": terminal,
+        "paused": bool(run.state.get("paused")),
+        "progress": engine.progress(run.state),
+        "steps": _step_rows(run),
+        "may_operate": may_operate(request.user),
+        "now": timezone.now(),
+    }
+
+
+@login_required
+def run_detail(request: HttpRequest, run_id: Any) -> HttpResponse:
+    try:
+        run = services.get_run(run_id)
+    except services.NotFound:
+        return not_found(request, f"There is no run {run_id}.", reverse("run-list"), "All runs")
+    context = _run_context(request, run)
+    if request.htmx:
+        if context["terminal"]:
+            # the run just finished: reload once so output, error and events are whole
+            return HttpResponseClientRefresh()
+        return render(request, "runs/detail.html#steps", context)
+    events = list(run.events.order_by("-seq")[:EVENT_LIMIT])
+    events.reverse()
+    context.update(
+        events=events,
+        events_truncated=run.event_seq > len(events),
+        interventions=run.interventions.filter(status="open"),
+        restarts=run.restarts.all()[:20],
+    )
+    return render(request, "runs/detail.html", context)
+
+
+RUN_VERBS = {
+    "pause": (services.pause, "Paused"),
+    "resume": (services.resume, "Resumed"),
+    "cancel": (services.cancel, "Cancelled"),
+    "restart": (services.restart, "Restarted"),
+}
+
+
+@login_required
+@require_POST
+def run_action(request: HttpRequest, run_id: Any, action: str) -> HttpResponse:
+    back = reverse("run-detail", args=[run_id])
+    if action not in RUN_VERBS:
+        return not_found(request, f"There is no action {action!r}.", back, "Back to the run")
+    if _refuse_viewer(request, action):
+        return redirect(back)
+    verb, done = RUN_VERBS[action]
+    try:
+        result = verb(run_id, user=request.user)
+    except services.NotFound as exc:
+        return not_found(request, exc.message, reverse("run-list"), "All runs")
+    except services.ServiceError as exc:
+        messages.error(request, f"Could not {action} the run: {exc.message}")
+        return redirect(back)
+    if action == "restart":
+        messages.success(request, f"Restarted as a new run {result.pk}.")
+        return redirect("run-detail", run_id=result.pk)
+    messages.success(request, f"{done} the run.")
+    return redirect(back)
+
+
+def _json_field(request: HttpRequest, name: str) -> tuple[Any, str | None]:
+    """Optional JSON from a form field: (value, None) or (None, problem)."""
+    text = request.POST.get(name, "").strip()
+    if not text:
+        return None, None
+    try:
+        return json.loads(text), None
+    except ValueError as exc:
+        return None, f"{name} is not valid JSON: {exc}"
+
+
+@login_required
+@require_POST
+def step_action(request: HttpRequest, run_id: Any) -> HttpResponse:
+    back = reverse("run-detail", args=[run_id])
+    step = request.POST.get("step", "")
+    action = request.POST.get("action", "")
+    if action not in ("retry", "skip") or not step:
+        messages.error(request, "Choose a step and retry or skip.")
+        return redirect(back)
+    if _refuse_viewer(request, f"{action} step"):
+        return redirect(back)
+    try:
+        if action == "retry":
+            services.retry_step(run_id, step, user=request.user)
+        else:
+            output, problem = _json_field(request, "output")
+            if problem:
+                messages.error(request, f"Could not skip step {step}: {problem}")
+                return redirect(back)
+            services.skip_step(run_id, step, output=output, user=request.user)
+    except services.NotFound as exc:
+        if "run" in exc.message and "step" not in exc.message:
+            return not_found(request, exc.message, reverse("run-list"), "All runs")
+        messages.error(request, f"Could not {action} step {step}: {exc.message}")
+        return redirect(back)
+    except services.ServiceError as exc:
+        messages.error(request, f"Could not {action} step {step}: {exc.message}")
+        return redirect(back)
+    verb = "Retrying" if action == "retry" else "Skipped"
+    messages.success(request, f"{verb} step {step}.")
+    return redirect(back)
+
+
+# --------------------------------------------------------------------------- interventions
+
+
+@login_required
+def intervention_list(request: HttpRequest) -> HttpResponse:
+    show = request.GET.get("status", "open")
+    notes = []
+    if show not in Intervention.Status.values and show != "all":
+        notes.append(f"Ignored status filter {show[:50]!r}: showing open interventions.")
+        show = "open"
+    qs = Intervention.objects.select_related("run", "decided_by")
+    if show != "all":
+        qs = qs.filter(status=show)
+    context = {
+        "interventions": qs[:200],
+        "show": show,
+        "statuses": [*Intervention.Status.values, "all"],
+        "notes": notes,
+        "may_operate": may_operate(request.user),
+        "now": timezone.now(),
+    }
+    return render(request, "interventions/list.html", context)
+
+
+def _get_intervention(pk: Any) -> Intervention | None:
+    try:
+        return Intervention.objects.select_related("run", "decided_by").get(pk=int(pk))
+    except (Intervention.DoesNotExist, ValueError, TypeError):
+        return None
+
+
+@login_required
+def intervention_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    intervention = _get_intervention(pk)
+    if intervention is None:
+        return not_found(
+            request, f"There is no intervention {pk}.", reverse("intervention-list"), "All interventions"
+        )
+    context = {
+        "intervention": intervention,
+        "may_operate": may_operate(request.user),
+        "now": timezone.now(),
+    }
+    return render(request, "interventions/detail.html", context)
+
+
+def _safe_next(request: HttpRequest, default: str) -> str:
+    target = request.POST.get("next", "")
+    if target and url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return target
+    return default
+
+
+@login_required
+@require_POST
+def intervention_decide(request: HttpRequest, pk: int) -> HttpResponse:
+    back = _safe_next(request, reverse("intervention-detail", args=[pk]))
+    if _get_intervention(pk) is None:
+        return not_found(
+            request, f"There is no intervention {pk}.", reverse("intervention-list"), "All interventions"
+        )
+    action = request.POST.get("action", "")
+    if _refuse_viewer(request, "deciding an intervention"):
+        return redirect(back)
+    output, problem = _json_field(request, "output")
+    if problem:
+        messages.error(request, f"Could not {action}: {problem}")
+        return redirect(back)
+    try:
+        services.decide(
+            pk, action, user=request.user, output=output, comment=request.POST.get("comment", "")
+        )
+    except services.ServiceError as exc:
+        messages.error(request, f"Could not {action or 'decide'}: {exc.message}")
+        return redirect(back)
+    messages.success(request, f"Decided intervention {pk}: {action}.")
+    return redirect(back)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@login_required
+def error_groups(request: HttpRequest) -> HttpResponse:
+    qs = ErrorRecord.objects.all()
+    notes = []
+    error_class = request.GET.get("class", "").strip()
+    if error_class:
+        if re.match(r"^[a-z_]{1,30}$", error_class):
+            qs = qs.filter(error_class=error_class)
+        else:
+            notes.append(f"Ignored class filter {error_class[:50]!r}.")
+            error_class = ""
+    groups = list(
+        qs.values("fingerprint")
+        .annotate(
+            count=Count("id"),
+            runs=Count("run", distinct=True),
+            first_seen=Min("created_at"),
+            last_seen=Max("created_at"),
+            latest_id=Max("id"),
+        )
+        .order_by("-last_seen")[:100]
+    )
+    latest = ErrorRecord.objects.in_bulk([g["latest_id"] for g in groups])
+    for group in groups:
+        group["latest"] = latest.get(group["latest_id"])
+    context = {"groups": groups, "notes": notes, "error_class": error_class}
+    return render(request, "errors/list.html", context)
+
+
+# --------------------------------------------------------------------------- workflows
+
+
+@login_required
+def workflow_list(request: HttpRequest) -> HttpResponse:
+    latest: dict[str, WorkflowDefinition] = {}
+    version_counts: dict[str, int] = defaultdict(int)
+    for definition in WorkflowDefinition.objects.order_by("name", "-version").defer("source", "spec"):
+        latest.setdefault(definition.name, definition)
+        version_counts[definition.name] += 1
+    run_counts = dict(Run.objects.values_list("workflow_name").annotate(n=Count("id")).order_by())
+    rows = [
+        {
+            "definition": d,
+            "versions": version_counts[name],
+            "runs": run_counts.get(name, 0),
+        }
+        for name, d in latest.items()
+    ]
+    return render(request, "workflows/list.html", {"rows": rows})
+
+
+def _workflow_context(request: HttpRequest, name: str) -> dict[str, Any] | None:
+    versions = list(WorkflowDefinition.objects.filter(name=name).order_by("-version"))
+    if not versions:
+        return None
+    notes = []
+    selected = versions[0]
+    wanted = request.GET.get("version", "").strip()
+    if wanted:
+        chosen = next((v for v in versions if str(v.version) == wanted), None)
+        if chosen is None:
+            notes.append(f"Ignored version {wanted[:20]!r}: showing the latest.")
+        else:
+            selected = chosen
+    return {
+        "name": name,
+        "versions": versions,
+        "selected": selected,
+        "notes": notes,
+        "recent_runs": Run.objects.filter(workflow_name=name)[:10],
+        "may_operate": may_operate(request.user),
+        "input_text": "{}",
+        "now": timezone.now(),
+    }
+
+
+@login_required
+def workflow_detail(request: HttpRequest, name: str) -> HttpResponse:
+    context = _workflow_context(request, name)
+    if context is None:
+        return not_found(
+            request, f"There is no workflow {name!r}.", reverse("workflow-list"), "All workflows"
+        )
+    return render(request, "workflows/detail.html", context)
+
+
+@login_required
+@require_POST
+def workflow_start(request: HttpRequest, name: str) -> HttpResponse:
+    context = _workflow_context(request, name)
+    if context is None:
+        return not_found(
+            request, f"There is no workflow {name!r}.", reverse("workflow-list"), "All workflows"
+        )
+    back = reverse("workflow-detail", args=[name])
+    if _refuse_viewer(request, "starting a run"):
+        return redirect(back)
+    text = request.POST.get("input", "").strip() or "{}"
+    context["input_text"] = text
+    version_text = request.POST.get("version", "").strip()
+    version = int(version_text) if version_text.isdigit() else None
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        context["start_error"] = f"The input is not valid JSON: {exc}"
+        return render(request, "workflows/detail.html", context, status=400)
+    try:
+        run = services.start_run(name, version, data, user=request.user)
+    except services.ServiceError as exc:
+        context["start_error"] = exc.message
+        context["start_errors"] = exc.errors
+        return render(request, "workflows/detail.html", context, status=exc.status)
+    messages.success(request, f"Started run {run.pk} of {name} v{run.workflow_version}.")
+    return redirect("run-detail", run_id=run.pk)

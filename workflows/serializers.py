@@ -1,0 +1,230 @@
+"""Models -> plain dicts, as the API answers them (CONTRACT §3). Pages reuse them.
+
+Datetimes stay ``datetime`` objects (the API's JSON renderer writes them as ISO 8601; a
+template can format them); ids of runs are strings.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from interventions.models import Intervention
+from workflows import engine, store
+from workflows.models import (
+    Checkpoint,
+    ErrorRecord,
+    Run,
+    RunEvent,
+    StepAttempt,
+    WorkflowDefinition,
+)
+
+RECOVERY_KEYS = ("strategy", "number", "success", "action", "duration_ms")
+
+
+def _dt(ts: float | None) -> datetime | None:
+    return datetime.fromtimestamp(ts, tz=UTC) if ts is not None else None
+
+
+# --------------------------------------------------------------------------- workflows
+
+
+def workflow_version(definition: WorkflowDefinition) -> dict[str, Any]:
+    return {
+        "version": definition.version,
+        "checksum": definition.checksum,
+        "description": definition.description,
+        "created_at": definition.created_at,
+        "created_by": definition.created_by.username if definition.created_by_id else None,
+    }
+
+
+def workflow(versions: list[WorkflowDefinition]) -> dict[str, Any]:
+    """A workflow from its versions, newest first."""
+    latest = versions[0]
+    return {
+        "name": latest.name,
+        "latest_version": latest.version,
+        "description": latest.description,
+        "checksum": latest.checksum,
+        "source": latest.source,
+        "versions": [workflow_version(d) for d in versions],
+    }
+
+
+def workflow_saved(definition: WorkflowDefinition, created: bool) -> dict[str, Any]:
+    return {
+        "name": definition.name,
+        "version": definition.version,
+        "checksum": definition.checksum,
+        "created": created,
+    }
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def run_summary(run: Run) -> dict[str, Any]:
+    """A run in a list: no steps."""
+    return {
+        "id": str(run.pk),
+        "workflow": run.workflow_name,
+        "version": run.workflow_version,
+        "status": run.status,
+        "error": run.error,
+        "created_at": run.created_at,
+        "started_at": run.started_at,
+        "finished_at": run.finished_at,
+        "progress": engine.progress(run.state or {}),
+        "restarted_from": str(run.restarted_from_id) if run.restarted_from_id else None,
+    }
+
+
+def attempt(a: StepAttempt) -> dict[str, Any]:
+    return {
+        "number": a.number,
+        "status": a.status,
+        "started_at": a.started_at,
+        "finished_at": a.finished_at,
+        "error": a.error,
+        "queued_at": a.queued_at,
+        "duration_ms": a.duration_ms,
+        "worker": a.worker,
+        "fault": a.fault,
+    }
+
+
+def _step_types(run: Run) -> dict[str, str]:
+    try:
+        spec = store.spec_for(run.definition)
+    except Exception:  # an old definition that no longer validates: types unknown
+        return {}
+    return {s.name: s.type for s, _ in spec.all_steps()}
+
+
+def steps(run: Run, attempts: Iterable[StepAttempt] | None = None) -> list[dict[str, Any]]:
+    """The run's step instances in the order of ``run.state["steps"]``, with their attempts."""
+    if attempts is None:
+        attempts = StepAttempt.objects.filter(run=run).order_by("step", "number", "id")
+    by_step: dict[str, list[StepAttempt]] = defaultdict(list)
+    for a in attempts:
+        by_step[a.step].append(a)
+    types = _step_types(run)
+    out = []
+    for name, st in (run.state or {}).get("steps", {}).items():
+        base = st.get("base", name)
+        out.append(
+            {
+                "name": name,
+                "base": base,
+                "type": types.get(base, ""),
+                "kind": st.get("kind", "action"),
+                "status": st.get("status", "pending"),
+                "output": st.get("output"),
+                "error": st.get("error"),
+                "scope": st.get("scope", ""),
+                "started_at": _dt(st.get("started")),
+                "finished_at": _dt(st.get("finished")),
+                "attempts": [attempt(a) for a in sorted(by_step.get(name, []), key=_number)],
+            }
+        )
+    return out
+
+
+def _number(a: StepAttempt) -> tuple[int, int]:
+    return a.number, a.pk or 0
+
+
+def run_detail(run: Run) -> dict[str, Any]:
+    """A run with its progress and steps (CONTRACT §3 ``GET /runs/{id}``)."""
+    data = run_summary(run)
+    data.update(
+        input=run.input,
+        output=run.output,
+        steps=steps(run),
+    )
+    return data
+
+
+# --------------------------------------------------------------------------- history
+
+
+def event(e: RunEvent) -> dict[str, Any]:
+    return {
+        "seq": e.seq,
+        "type": e.type,
+        "step": e.step,
+        "attempt": e.attempt,
+        "at": e.at,
+        "actor": e.actor,
+        "data": e.data,
+    }
+
+
+def checkpoint(c: Checkpoint) -> dict[str, Any]:
+    return {
+        "id": c.pk,
+        "step": c.step,
+        "kind": c.kind,
+        "created_at": c.created_at,
+        "checksum": c.checksum,
+        "size_bytes": c.size_bytes,
+        "compressed": c.compressed,
+        "valid": c.valid,
+        "state_version": c.state_version,
+        "created_by": c.created_by,
+    }
+
+
+def recovery_entry(entry: Any) -> dict[str, Any]:
+    entry = entry if isinstance(entry, dict) else {}
+    return {key: entry.get(key) for key in RECOVERY_KEYS}
+
+
+def error(e: ErrorRecord) -> dict[str, Any]:
+    return {
+        "id": e.pk,
+        "run": str(e.run_id),
+        "step": e.step,
+        "attempt": e.attempt,
+        "class": e.error_class,
+        "severity": e.severity,
+        "retryable": e.retryable,
+        "type": e.type,
+        "message": e.message,
+        "fingerprint": e.fingerprint,
+        "created_at": e.created_at,
+        "recovery": [recovery_entry(r) for r in (e.recovery or [])],
+    }
+
+
+# --------------------------------------------------------------------------- interventions
+
+
+def intervention(i: Intervention) -> dict[str, Any]:
+    return {
+        "id": i.pk,
+        "run": str(i.run_id),
+        "step": i.step,
+        "kind": i.kind,
+        "reason": i.reason,
+        "prompt": i.prompt,
+        "status": i.status,
+        "options": list(i.options or []),
+        "created_at": i.created_at,
+        "expires_at": i.expires_at,
+        "decided_at": i.decided_at,
+        "decided_by": i.decided_by.username if i.decided_by_id else None,
+        "action": i.action,
+        "comment": i.comment,
+        "output": i.output,
+    }
+
+
+def intervention_detail(i: Intervention) -> dict[str, Any]:
+    data = intervention(i)
+    data["context"] = i.context
+    return data
