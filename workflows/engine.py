@@ -308,6 +308,8 @@ def _build_index(spec: WorkflowSpec) -> dict[str, Node]:
 
     add_list(spec.steps, "action", None, False)
     add_list(spec.settings.on_error, "handler", None, True)
+    if default is not None and default.fallback:
+        add_list(default.fallback, "fallback", None, True)
     return nodes
 
 
@@ -365,7 +367,9 @@ class _Work:
 
     # expression context ---------------------------------------------------
     def context(self, name: str | None = None, error: dict[str, Any] | None = None) -> dict[str, Any]:
-        steps_view: dict[str, Any] = {}
+        steps_view: dict[str, Any] = {
+            n: {"status": "pending", "output": None, "error": None} for n in self.nodes
+        }
         for n, st in self.steps.items():
             steps_view[n] = {"status": st["status"], "output": st["output"], "error": st["error"]}
         ctx: dict[str, Any] = {
@@ -378,7 +382,7 @@ class _Work:
             if suffix:
                 # inside a foreach iteration, plain names mean this iteration's steps
                 for n, st in self.steps.items():
-                    if st["suffix"] == suffix and st["base"] not in steps_view:
+                    if st["suffix"] == suffix and n != st["base"]:
                         steps_view[st["base"]] = steps_view[n]
                 item = self.state.get("iterations", {}).get(suffix)
                 if item is not None:
@@ -528,8 +532,13 @@ def _fail_step(w: _Work, name: str, attempt: int, error: dict[str, Any], jitter:
     st.update(status="failed", error=error, due=None, finished=w.now)
     w.emit("step.failed", name, attempt, error=error)
     if policy is not None and policy.fallback and not st.get("fallback_done"):
-        _start_sequence(w, f"{name}/fallback", [s.name for s in policy.fallback], "fallback",
-                        st["suffix"])
+        scope = f"{name}/fallback"
+        if node.spec.on_failure is None:
+            # the workflow-level fallback: one instance per failing step, e.g. `backup@charge`
+            for fb in policy.fallback:
+                w.new_step(f"{fb.name}@{name}", fb.name, st["suffix"], "fallback", scope)
+        else:
+            _start_sequence(w, scope, [s.name for s in policy.fallback], "fallback", st["suffix"])
         w.emit("step.fallback", name)
         return
     _resolve_failure(w, name)

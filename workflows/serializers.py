@@ -228,3 +228,48 @@ def intervention_detail(i: Intervention) -> dict[str, Any]:
     data = intervention(i)
     data["context"] = i.context
     return data
+
+
+def error_groups(queryset: Any, limit: int = 100) -> list[dict[str, Any]]:
+    """ErrorRecords grouped by fingerprint, most recently seen first (``GET /errors``).
+
+    ``class``, ``type`` and ``message`` are those of the group's latest record; ``runs``
+    lists the distinct runs it happened in.
+    """
+    from django.db.models import Count, Max, Min
+
+    groups = list(
+        queryset.order_by()
+        .values("fingerprint")
+        .annotate(count=Count("id"), first_seen=Min("created_at"), last_seen=Max("created_at"))
+        .order_by("-last_seen", "fingerprint")[:limit]
+    )
+    fingerprints = [g["fingerprint"] for g in groups]
+    latest: dict[str, ErrorRecord] = {}
+    runs: dict[str, list[str]] = defaultdict(list)
+    records = (
+        queryset.filter(fingerprint__in=fingerprints)
+        .only("fingerprint", "error_class", "type", "message", "run_id", "created_at")
+        .order_by("-created_at", "-id")
+    )
+    for r in records:
+        latest.setdefault(r.fingerprint, r)
+        run_id = str(r.run_id)
+        if run_id not in runs[r.fingerprint]:
+            runs[r.fingerprint].append(run_id)
+    out = []
+    for g in groups:
+        r = latest[g["fingerprint"]]
+        out.append(
+            {
+                "fingerprint": g["fingerprint"],
+                "class": r.error_class,
+                "type": r.type,
+                "message": r.message,
+                "count": g["count"],
+                "first_seen": g["first_seen"],
+                "last_seen": g["last_seen"],
+                "runs": runs[g["fingerprint"]],
+            }
+        )
+    return out
