@@ -88,7 +88,12 @@ def readyz(request: HttpRequest) -> JsonResponse:
             failed.append(name)
     if failed:
         return JsonResponse(
-            {"status": "unavailable", "error": f"{', '.join(failed)} unreachable", "failed": failed, "checks": checks},
+            {
+                "status": "unavailable",
+                "error": f"{', '.join(failed)} unreachable",
+                "failed": failed,
+                "checks": checks,
+            },
             status=503,
         )
     return JsonResponse({"status": "ok", "checks": checks})

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import re
 from collections import defaultdict
+from collections.abc import Callable
+from functools import wraps
 from typing import Any
 
 from django.contrib import messages
@@ -24,7 +26,7 @@ from django.views.decorators.http import require_POST
 from django_htmx.http import HttpResponseClientRefresh
 
 from interventions.models import Intervention
-from workflows import engine, services
+from workflows import auth, engine, services
 from workflows.models import (
     TERMINAL_RUN_STATUSES,
     ErrorRecord,
@@ -37,38 +39,33 @@ from workflows.models import (
 RUN_LIST_LIMIT = 100
 EVENT_LIMIT = 500
 WORKFLOW_NAME_RE = re.compile(r"^[a-z0-9_-]{1,100}$")
-OPERATOR_ROLES = frozenset({"operator", "admin"})
 
 
 # --------------------------------------------------------------------------- access
 
 
-def role_of(user: Any) -> str:
-    """viewer, operator or admin. Uses ``workflows.auth`` when it is there."""
-    try:
-        from workflows import auth
-    except ImportError:
-        auth = None
-    if auth is not None and hasattr(auth, "role_of"):
-        return str(auth.role_of(user) or "viewer")
-    if user.is_superuser:
-        return "admin"
-    groups = set(user.groups.values_list("name", flat=True))
-    if "admin" in groups:
-        return "admin"
-    if "operator" in groups or user.is_staff:
-        return "operator"
-    return "viewer"
+def viewer_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Logged in (else to the login page with ?next=) and allowed to read (else 403)."""
+
+    @wraps(view)
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not auth.can(request.user, "read"):
+            context = {"message": auth.refusal(request.user, "read") + "."}
+            return render(request, "403.html", context, status=403)
+        return view(request, *args, **kwargs)
+
+    return login_required(wrapped)
 
 
 def may_operate(user: Any) -> bool:
-    return role_of(user) in OPERATOR_ROLES
+    return auth.can(user, "pause")
 
 
-def _refuse_viewer(request: HttpRequest, what: str) -> bool:
-    if may_operate(request.user):
+def _refused(request: HttpRequest, action: str) -> bool:
+    """True (with a message saying why) when the user may not do ``action``."""
+    if auth.can(request.user, action):
         return False
-    messages.error(request, f"Refused: {what} needs the operator or admin role.")
+    messages.error(request, f"Refused: {auth.refusal(request.user, action)}.")
     return True
 
 
@@ -80,7 +77,7 @@ def not_found(request: HttpRequest, message: str, back_url: str, back_label: str
 # --------------------------------------------------------------------------- overview
 
 
-@login_required
+@viewer_required
 def overview(request: HttpRequest) -> HttpResponse:
     counts = dict(Run.objects.values_list("status").annotate(n=Count("id")).order_by())
     context = {
@@ -116,7 +113,7 @@ def _run_filters(request: HttpRequest) -> tuple[dict[str, str], list[str]]:
     return filters, notes
 
 
-@login_required
+@viewer_required
 def run_list(request: HttpRequest) -> HttpResponse:
     filters, notes = _run_filters(request)
     runs = list(Run.objects.filter(**filters)[: RUN_LIST_LIMIT + 1])
@@ -174,7 +171,7 @@ def _run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
     }
 
 
-@login_required
+@viewer_required
 def run_detail(request: HttpRequest, run_id: Any) -> HttpResponse:
     try:
         run = services.get_run(run_id)
@@ -205,13 +202,13 @@ RUN_VERBS = {
 }
 
 
-@login_required
+@viewer_required
 @require_POST
 def run_action(request: HttpRequest, run_id: Any, action: str) -> HttpResponse:
     back = reverse("run-detail", args=[run_id])
     if action not in RUN_VERBS:
         return not_found(request, f"There is no action {action!r}.", back, "Back to the run")
-    if _refuse_viewer(request, action):
+    if _refused(request, action):
         return redirect(back)
     verb, done = RUN_VERBS[action]
     try:
@@ -239,7 +236,7 @@ def _json_field(request: HttpRequest, name: str) -> tuple[Any, str | None]:
         return None, f"{name} is not valid JSON: {exc}"
 
 
-@login_required
+@viewer_required
 @require_POST
 def step_action(request: HttpRequest, run_id: Any) -> HttpResponse:
     back = reverse("run-detail", args=[run_id])
@@ -248,7 +245,7 @@ def step_action(request: HttpRequest, run_id: Any) -> HttpResponse:
     if action not in ("retry", "skip") or not step:
         messages.error(request, "Choose a step and retry or skip.")
         return redirect(back)
-    if _refuse_viewer(request, f"{action} step"):
+    if _refused(request, action):
         return redirect(back)
     try:
         if action == "retry":
@@ -275,7 +272,7 @@ def step_action(request: HttpRequest, run_id: Any) -> HttpResponse:
 # --------------------------------------------------------------------------- interventions
 
 
-@login_required
+@viewer_required
 def intervention_list(request: HttpRequest) -> HttpResponse:
     show = request.GET.get("status", "open")
     notes = []
@@ -303,7 +300,7 @@ def _get_intervention(pk: Any) -> Intervention | None:
         return None
 
 
-@login_required
+@viewer_required
 def intervention_detail(request: HttpRequest, pk: int) -> HttpResponse:
     intervention = _get_intervention(pk)
     if intervention is None:
@@ -327,7 +324,7 @@ def _safe_next(request: HttpRequest, default: str) -> str:
     return default
 
 
-@login_required
+@viewer_required
 @require_POST
 def intervention_decide(request: HttpRequest, pk: int) -> HttpResponse:
     back = _safe_next(request, reverse("intervention-detail", args=[pk]))
@@ -336,7 +333,7 @@ def intervention_decide(request: HttpRequest, pk: int) -> HttpResponse:
             request, f"There is no intervention {pk}.", reverse("intervention-list"), "All interventions"
         )
     action = request.POST.get("action", "")
-    if _refuse_viewer(request, "deciding an intervention"):
+    if _refused(request, "decide"):
         return redirect(back)
     output, problem = _json_field(request, "output")
     if problem:
@@ -356,7 +353,7 @@ def intervention_decide(request: HttpRequest, pk: int) -> HttpResponse:
 # --------------------------------------------------------------------------- errors
 
 
-@login_required
+@viewer_required
 def error_groups(request: HttpRequest) -> HttpResponse:
     qs = ErrorRecord.objects.all()
     notes = []
@@ -388,7 +385,7 @@ def error_groups(request: HttpRequest) -> HttpResponse:
 # --------------------------------------------------------------------------- workflows
 
 
-@login_required
+@viewer_required
 def workflow_list(request: HttpRequest) -> HttpResponse:
     latest: dict[str, WorkflowDefinition] = {}
     version_counts: dict[str, int] = defaultdict(int)
@@ -432,7 +429,7 @@ def _workflow_context(request: HttpRequest, name: str) -> dict[str, Any] | None:
     }
 
 
-@login_required
+@viewer_required
 def workflow_detail(request: HttpRequest, name: str) -> HttpResponse:
     context = _workflow_context(request, name)
     if context is None:
@@ -442,7 +439,7 @@ def workflow_detail(request: HttpRequest, name: str) -> HttpResponse:
     return render(request, "workflows/detail.html", context)
 
 
-@login_required
+@viewer_required
 @require_POST
 def workflow_start(request: HttpRequest, name: str) -> HttpResponse:
     context = _workflow_context(request, name)
@@ -451,7 +448,7 @@ def workflow_start(request: HttpRequest, name: str) -> HttpResponse:
             request, f"There is no workflow {name!r}.", reverse("workflow-list"), "All workflows"
         )
     back = reverse("workflow-detail", args=[name])
-    if _refuse_viewer(request, "starting a run"):
+    if _refused(request, "start"):
         return redirect(back)
     text = request.POST.get("input", "").strip() or "{}"
     context["input_text"] = text

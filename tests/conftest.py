@@ -113,11 +113,15 @@ def api_client(
 
 @pytest.fixture
 def saved_workflow(db: None) -> Callable[..., WorkflowDefinition]:
-    def save(source: str | dict[str, Any] = SIMPLE_WORKFLOW, user: Any = None) -> WorkflowDefinition:
+    def save(
+        source: str | dict[str, Any] = SIMPLE_WORKFLOW, user: Any = None
+    ) -> WorkflowDefinition:
         if isinstance(source, dict):
             definition, _ = services.save_workflow(json.dumps(source), "application/json", user)
         else:
-            definition, _ = services.save_workflow(textwrap.dedent(source), "application/yaml", user)
+            definition, _ = services.save_workflow(
+                textwrap.dedent(source), "application/yaml", user
+            )
         return definition
 
     return save

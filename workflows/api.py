@@ -53,7 +53,10 @@ class TokenAuth(HttpBearer):
         if found is None or not found.user.is_active:
             raise AuthenticationError()
         now = timezone.now()
-        if found.last_used_at is None or (now - found.last_used_at).total_seconds() > TOKEN_TOUCH_SECONDS:
+        if (
+            found.last_used_at is None
+            or (now - found.last_used_at).total_seconds() > TOKEN_TOUCH_SECONDS
+        ):
             ApiToken.objects.filter(pk=found.pk).update(last_used_at=now)
         request.user = found.user
         return found.user
@@ -64,7 +67,13 @@ class BadJSON(Exception):
 
 
 class StrictJSONParser(Parser):
+    """JSON bodies; a form post (e.g. an empty ``POST``) counts as its fields."""
+
+    FORMS = ("multipart/form-data", "application/x-www-form-urlencoded")
+
     def parse_body(self, request: HttpRequest) -> Any:
+        if request.content_type in self.FORMS:
+            return request.POST.dict()
         try:
             return json.loads(request.body)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -94,7 +103,9 @@ def _need(request: HttpRequest, action: str) -> Any:
 # --------------------------------------------------------------------------- errors
 
 
-def _problem(request: HttpRequest, status: int, error: str, errors: list | None = None) -> HttpResponse:
+def _problem(
+    request: HttpRequest, status: int, error: str, errors: list | None = None
+) -> HttpResponse:
     return api.create_response(request, {"error": error, "errors": errors or []}, status=status)
 
 
@@ -197,7 +208,9 @@ def _intervention(intervention_id: str) -> Intervention:
 
 def _limit(value: int, default_max: int = MAX_LIMIT) -> int:
     if value < 1:
-        raise ServiceError(400, "limit must be >= 1", [{"path": "limit", "message": "must be >= 1"}])
+        raise ServiceError(
+            400, "limit must be >= 1", [{"path": "limit", "message": "must be >= 1"}]
+        )
     return min(value, default_max)
 
 
@@ -238,24 +251,39 @@ class DecideIn(_Body):
 # --------------------------------------------------------------------------- workflows
 
 
-@api.post("/workflows", tags=["workflows"], openapi_extra={
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/yaml": {"schema": {"type": "string"}},
-            "application/json": {"schema": {"type": "object"}},
-        },
-    }
-})
+@api.post(
+    "/workflows",
+    tags=["workflows"],
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/yaml": {"schema": {"type": "string"}},
+                "application/json": {"schema": {"type": "object"}},
+            },
+        }
+    },
+)
 def save_workflow(request: HttpRequest) -> HttpResponse:
     """Save a workflow (YAML or JSON). 201: a new version; 200: same as the latest."""
     user = _need(request, "save_workflow")
     try:
         text = request.body.decode("utf-8")
     except UnicodeDecodeError:
-        raise ServiceError(400, "the workflow is not valid", [{"path": "(text)", "message": "must be UTF-8 text"}]) from None
+        raise ServiceError(
+            400, "the workflow is not valid", [{"path": "(text)", "message": "must be UTF-8 text"}]
+        ) from None
     if not text.strip():
-        raise ServiceError(400, "the workflow is not valid", [{"path": "(text)", "message": "is empty; send the workflow's YAML or JSON as the request body"}])
+        raise ServiceError(
+            400,
+            "the workflow is not valid",
+            [
+                {
+                    "path": "(text)",
+                    "message": "is empty; send the workflow's YAML or JSON as the request body",
+                }
+            ],
+        )
     definition, created = services.save_workflow(text, request.content_type or None, user)
     return _ok(request, serializers.workflow_saved(definition, created), 201 if created else 200)
 
@@ -286,7 +314,9 @@ def list_workflows(request: HttpRequest) -> HttpResponse:
 def get_workflow(request: HttpRequest, name: str) -> HttpResponse:
     _need(request, "read")
     versions = list(
-        WorkflowDefinition.objects.select_related("created_by").filter(name=name).order_by("-version")
+        WorkflowDefinition.objects.select_related("created_by")
+        .filter(name=name)
+        .order_by("-version")
     )
     if not versions:
         raise NotFound(f"workflow {name!r} does not exist")
@@ -320,7 +350,9 @@ def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         return at, uuid.UUID(pk)
     except (ValueError, TypeError, binascii.Error, json.JSONDecodeError):
         raise ServiceError(
-            400, "the cursor is not valid", [{"path": "cursor", "message": "use next_cursor of a previous page"}]
+            400,
+            "the cursor is not valid",
+            [{"path": "cursor", "message": "use next_cursor of a previous page"}],
         ) from None
 
 
@@ -378,7 +410,9 @@ def get_run(request: HttpRequest, run_id: str) -> HttpResponse:
 
 
 @api.get("/runs/{run_id}/events", tags=["runs"])
-def run_events(request: HttpRequest, run_id: str, after: int = 0, limit: int = 1000) -> HttpResponse:
+def run_events(
+    request: HttpRequest, run_id: str, after: int = 0, limit: int = 1000
+) -> HttpResponse:
     """Events with ``seq`` greater than ``after``, oldest first."""
     _need(request, "read")
     pk = _run_exists(run_id)
@@ -452,7 +486,9 @@ def retry_step(request: HttpRequest, run_id: str, step: str) -> HttpResponse:
 
 
 @api.post("/runs/{run_id}/steps/{step}/skip", tags=["runs"])
-def skip_step(request: HttpRequest, run_id: str, step: str, payload: SkipIn | None = None) -> HttpResponse:
+def skip_step(
+    request: HttpRequest, run_id: str, step: str, payload: SkipIn | None = None
+) -> HttpResponse:
     """Mark the step skipped; ``output`` (optional) stands in for its output."""
     user = _need(request, "skip")
     output = payload.output if payload is not None else None
@@ -497,14 +533,21 @@ def list_interventions(
             raise ServiceError(
                 400,
                 f"unknown intervention status {status!r}",
-                [{"path": "status", "message": f"must be one of {', '.join(Intervention.Status.values)}"}],
+                [
+                    {
+                        "path": "status",
+                        "message": f"must be one of {', '.join(Intervention.Status.values)}",
+                    }
+                ],
             )
         qs = qs.filter(status=status)
     if run:
         try:
             qs = qs.filter(run_id=uuid.UUID(run))
         except ValueError:
-            raise ServiceError(400, "run must be a run id", [{"path": "run", "message": "not a run id"}]) from None
+            raise ServiceError(
+                400, "run must be a run id", [{"path": "run", "message": "not a run id"}]
+            ) from None
     items = qs[: _limit(limit)]
     return _ok(request, {"items": [serializers.intervention(i) for i in items]})
 
@@ -516,7 +559,9 @@ def get_intervention(request: HttpRequest, intervention_id: str) -> HttpResponse
 
 
 @api.post("/interventions/{intervention_id}/decide", tags=["interventions"])
-def decide_intervention(request: HttpRequest, intervention_id: str, payload: DecideIn) -> HttpResponse:
+def decide_intervention(
+    request: HttpRequest, intervention_id: str, payload: DecideIn
+) -> HttpResponse:
     """Decide with one of the intervention's ``options``."""
     user = _need(request, "decide")
     found = _intervention(intervention_id)

@@ -129,6 +129,46 @@ class SkipStep:
     output: Any = None
 
 
+@dataclass(frozen=True)
+class RestoreState:
+    """Continue from a checkpoint's state; steps not done there run again."""
+
+    now: float
+    state: dict[str, Any]
+    checkpoint: str = ""
+
+
+@dataclass(frozen=True)
+class ResumeFromStep:
+    """Run ``step`` and everything downstream of it again; keep the results upstream."""
+
+    now: float
+    step: str
+
+
+@dataclass(frozen=True)
+class SetBreakpoint:
+    """Pause the run just before ``step`` starts (once). ``enabled=False`` removes it."""
+
+    now: float
+    step: str
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class MigrateVersion:
+    """The run now follows a newer version of its workflow (passed as ``spec``)."""
+
+    now: float
+    from_version: int
+    to_version: int
+
+
+@dataclass(frozen=True)
+class ManualCheckpoint:
+    now: float
+
+
 Event = (
     StartRun
     | AttemptSucceeded
@@ -141,6 +181,11 @@ Event = (
     | RunTimedOut
     | RetryStep
     | SkipStep
+    | RestoreState
+    | ResumeFromStep
+    | SetBreakpoint
+    | MigrateVersion
+    | ManualCheckpoint
 )
 
 # --------------------------------------------------------------------------- commands
@@ -342,14 +387,24 @@ class _Work:
             self._copied.add(name)
         return self.steps[name]
 
+    def forget(self, name: str) -> None:
+        """Drop a step instance, remembering its attempt count so numbers never repeat."""
+        st = self.steps.pop(name, None)
+        if st is not None and st.get("attempt"):
+            floor = dict(self.state.get("attempt_floor", {}))
+            floor[name] = max(floor.get(name, 0), st["attempt"])
+            self.state["attempt_floor"] = floor
+
     def new_step(self, name: str, base: str, suffix: str, kind: str, scope: str) -> None:
+        if name in self.steps:
+            self.forget(name)
         self.steps[name] = {
             "base": base,
             "suffix": suffix,
             "kind": kind,
             "scope": scope,
             "status": "pending",
-            "attempt": 0,
+            "attempt": self.state.get("attempt_floor", {}).get(name, 0),
             "retries": 0,
             "output": None,
             "error": None,
@@ -839,6 +894,225 @@ def _on_run_timeout(w: _Work, e: RunTimedOut) -> None:
     _fail_run(w, error, None)
 
 
+def _cancel_active(w: _Work) -> None:
+    """Close every attempt in flight (it will not be reported) and open interventions."""
+    cancelled = []
+    for name, st in w.steps.items():
+        if st["status"] in ("queued", "running") and st["attempt"] and st["kind"] != "flow":
+            w.commands.append(CloseAttempt(name, st["attempt"], "cancelled"))
+            cancelled.append(name)
+    if cancelled:
+        w.commands.append(CancelAttempts(tuple(cancelled)))
+    w.commands.append(CloseInterventions(None))
+
+
+def _reset_step(w: _Work, name: str) -> None:
+    st = w.step(name)
+    st.update(
+        status="pending",
+        output=None,
+        error=None,
+        due=None,
+        started=None,
+        finished=None,
+        retries=0,
+        continued=False,
+        fallback_done=False,
+        escalated=False,
+    )
+    for other in [n for n, o in w.steps.items() if o["scope"] == f"{name}/fallback"]:
+        w.forget(other)
+
+
+def _back_to_main(w: _Work) -> None:
+    """Leave the failure/compensation phases: handler and compensation instances go."""
+    for name in [n for n, st in w.steps.items() if st["kind"] in ("handler", "compensation")]:
+        w.forget(name)
+    for name, st in list(w.steps.items()):
+        if st["status"] == "compensated":
+            w.step(name)["status"] = "succeeded"
+        elif st["status"] == "cancelled":
+            w.step(name).update(status="pending", finished=None)
+    w.state.update(
+        phase="main", error=None, final=None, finished=None, paused=False, cancelled=False,
+        compensations=[], output=None,
+    )
+    w.state["deadline"] = w.now + w.spec.settings.timeout
+
+
+def _on_restore(w: _Work, e: RestoreState) -> None:
+    if w.state.get("phase") == "new":
+        raise EngineError("the run has not started")
+    problems = validate_state(e.state)
+    if problems:
+        raise EngineError("the checkpoint's state is not valid: " + "; ".join(problems[:5]))
+    _cancel_active(w)
+    floor = dict(w.state.get("attempt_floor", {}))
+    for name, st in w.steps.items():
+        floor[name] = max(floor.get(name, 0), st.get("attempt", 0))
+    for name, n in e.state.get("attempt_floor", {}).items():
+        floor[name] = max(floor.get(name, 0), n)
+    restored = dict(e.state)
+    restored["steps"] = {n: dict(st) for n, st in e.state["steps"].items()}
+    restored["attempt_floor"] = floor
+    restored["breakpoints"] = list(w.state.get("breakpoints", []))
+    w.state = restored
+    w._copied = set(restored["steps"])
+    for name, st in w.steps.items():
+        st["attempt"] = max(st.get("attempt", 0), floor.get(name, 0))
+        if st["status"] in ("queued", "running", "retrying", "cancelled"):
+            if st["kind"] == "flow" and st["status"] == "running":
+                continue  # its children say what is left
+            _reset_step(w, name)
+        elif st["status"] == "failed" and not st.get("continued"):
+            _reset_step(w, name)
+    _back_to_main(w)
+    w.emit("run.restored", checkpoint=e.checkpoint)
+
+
+def _downstream(w: _Work, start: str) -> set[str]:
+    """``start`` and every step instance that (transitively) waits for it."""
+    reset = {start}
+    changed = True
+    while changed:
+        changed = False
+        for name, st in w.steps.items():
+            if name in reset or st["kind"] in ("handler", "compensation", "fallback"):
+                continue
+            deps = {_instance(d, st["suffix"]) for d in w.node(name).deps}
+            if deps & reset or _parent_instance(w, name) in reset:
+                reset.add(name)
+                changed = True
+    return reset
+
+
+def _parent_instance(w: _Work, name: str) -> str | None:
+    """The flow step instance ``name`` is nested in (None at the top or for fallbacks)."""
+    st = w.steps[name]
+    node = w.node(name)
+    if node.parent is None or st["kind"] in ("fallback", "compensation", "handler"):
+        return None
+    parent_is_if = w.nodes[node.parent].spec.type == "if"
+    return _instance(node.parent, st["suffix"] if parent_is_if else _parent_suffix(st["suffix"]))
+
+
+def _ancestors(w: _Work, name: str) -> list[str]:
+    out = []
+    parent = _parent_instance(w, name)
+    while parent is not None and parent in w.steps:
+        out.append(parent)
+        parent = _parent_instance(w, parent)
+    return out
+
+
+def _on_resume_from(w: _Work, e: ResumeFromStep) -> None:
+    if w.state.get("phase") == "new":
+        raise EngineError("the run has not started")
+    st = w.steps.get(e.step)
+    if st is None:
+        raise EngineError(f"no step {e.step!r} in this run (it may not have been reached yet)")
+    if st["kind"] in ("handler", "compensation", "fallback"):
+        raise EngineError(f"step {e.step!r} is a {st['kind']} step; resume from the step it serves")
+    if w.state.get("status") in ("running", "waiting", "compensating", "pending"):
+        raise EngineError(
+            f"the run is {w.state.get('status')}: pause it first, then resume from a step"
+        )
+    _cancel_active(w)
+    reset = _downstream(w, e.step)
+    for name in list(reset):
+        if name not in w.steps:
+            continue
+        if w.steps[name]["kind"] == "flow":
+            for child in [n for n, c in w.steps.items() if c["scope"].startswith(name + "/")]:
+                w.forget(child)
+        _reset_step(w, name)
+    for anc in _ancestors(w, e.step):
+        if w.steps[anc]["status"] != "pending":
+            w.step(anc).update(status="running", finished=None, output=w.steps[anc]["output"])
+    w.state["completed"] = [n for n in w.state.get("completed", []) if n in w.steps and n not in reset]
+    was_paused = w.state.get("paused", False)
+    _back_to_main(w)
+    w.state["paused"] = False if w.state.get("status") == "paused" else was_paused
+    w.emit("run.resumed_from", e.step, steps=sorted(reset))
+
+
+def _on_breakpoint(w: _Work, e: SetBreakpoint) -> None:
+    _require_open(w)
+    if e.step not in w.nodes and e.step not in w.steps:
+        raise EngineError(f"no step {e.step!r} in this workflow")
+    points = [b for b in w.state.get("breakpoints", []) if b != e.step]
+    if e.enabled:
+        points.append(e.step)
+    w.state["breakpoints"] = points
+    w.emit("run.breakpoint_set" if e.enabled else "run.breakpoint_cleared", e.step)
+
+
+def _on_migrate(w: _Work, e: MigrateVersion) -> None:
+    unmapped = unmapped_steps(w.spec, w.state)
+    if unmapped:
+        raise EngineError(
+            "these steps of the run do not exist in the new version: " + ", ".join(unmapped)
+        )
+    for name in [n for n, st in w.steps.items() if st["base"] not in w.nodes]:
+        w.forget(name)  # pending steps the new version dropped
+    for s in w.spec.steps:
+        if s.name not in w.steps:
+            w.new_step(s.name, s.name, "", w.nodes[s.name].kind, "")
+    w.state["workflow_version"] = e.to_version
+    w.emit("run.migrated", from_version=e.from_version, to_version=e.to_version)
+
+
+def _on_manual_checkpoint(w: _Work, e: ManualCheckpoint) -> None:
+    if w.state.get("phase") == "new":
+        raise EngineError("the run has not started")
+    w.commands.append(TakeCheckpoint("manual", ""))
+    w.emit("checkpoint.requested")
+
+
+def unmapped_steps(spec: WorkflowSpec, state: dict[str, Any]) -> list[str]:
+    """Steps the run has begun or finished that ``spec`` does not have."""
+    nodes = index(spec)
+    return sorted(
+        name
+        for name, st in state.get("steps", {}).items()
+        if st["base"] not in nodes and st["status"] != "pending"
+    )
+
+
+STEP_STATUSES = frozenset(
+    {"pending", "queued", "running", "retrying", "succeeded", "failed", "skipped", "cancelled",
+     "compensated"}
+)
+PHASES = frozenset({"new", "main", "handlers", "compensating", "done"})
+_STEP_KEYS = ("base", "suffix", "kind", "scope", "status", "attempt")
+
+
+def validate_state(state: Any) -> list[str]:
+    """Schema check of a state document; returns the problems (empty: valid)."""
+    if not isinstance(state, dict):
+        return ["the state is not an object"]
+    problems = []
+    if state.get("schema") != STATE_SCHEMA:
+        problems.append(f"schema is {state.get('schema')!r}, expected {STATE_SCHEMA}")
+    if state.get("phase") not in PHASES:
+        problems.append(f"phase {state.get('phase')!r} is not one of {sorted(PHASES)}")
+    steps = state.get("steps")
+    if not isinstance(steps, dict):
+        return [*problems, "steps is not an object"]
+    for name, st in steps.items():
+        if not isinstance(st, dict):
+            problems.append(f"steps.{name} is not an object")
+            continue
+        missing = [k for k in _STEP_KEYS if k not in st]
+        if missing:
+            problems.append(f"steps.{name} lacks {', '.join(missing)}")
+        elif st["status"] not in STEP_STATUSES:
+            problems.append(f"steps.{name}.status {st['status']!r} is not a step status")
+        elif not isinstance(st["attempt"], int) or st["attempt"] < 0:
+            problems.append(f"steps.{name}.attempt must be a non-negative integer")
+    return problems
+
+
 _HANDLERS: dict[type, Any] = {
     StartRun: _on_start,
     AttemptSucceeded: _on_success,
@@ -851,6 +1125,11 @@ _HANDLERS: dict[type, Any] = {
     RunTimedOut: _on_run_timeout,
     RetryStep: _on_retry_step,
     SkipStep: _on_skip_step,
+    RestoreState: _on_restore,
+    ResumeFromStep: _on_resume_from,
+    SetBreakpoint: _on_breakpoint,
+    MigrateVersion: _on_migrate,
+    ManualCheckpoint: _on_manual_checkpoint,
 }
 
 # --------------------------------------------------------------------------- advancing
@@ -877,6 +1156,8 @@ def _advance_once(w: _Work) -> bool:
         status = st["status"]
         if status == "pending":
             if _ready(w, name) and _may_start(w, name):
+                if _at_breakpoint(w, name):
+                    return True
                 _start(w, name)
                 progressed = True
         elif status == "running" and st["kind"] == "flow":
@@ -899,6 +1180,17 @@ def _advance_once(w: _Work) -> bool:
     return progressed
 
 
+def _at_breakpoint(w: _Work, name: str) -> bool:
+    points = w.state.get("breakpoints") or []
+    hit = name if name in points else (w.steps[name]["base"] if w.steps[name]["base"] in points else None)
+    if hit is None:
+        return False
+    w.state["breakpoints"] = [p for p in points if p != hit]
+    w.state["paused"] = True
+    w.emit("run.paused", name, reason=f"breakpoint before {name}")
+    return True
+
+
 def _scopes(w: _Work) -> set[str]:
     return {st["scope"] for st in w.steps.values()}
 
@@ -907,9 +1199,9 @@ def _may_start(w: _Work, name: str) -> bool:
     kind = w.steps[name]["kind"]
     phase = w.state["phase"]
     if kind == "handler":
-        return phase == "handlers"
+        return bool(phase == "handlers")
     if kind == "compensation":
-        return phase == "compensating"
+        return bool(phase == "compensating")
     if phase != "main":
         return False
     return not w.state.get("paused")
@@ -1102,7 +1394,7 @@ def _start_foreach(w: _Work, name: str) -> None:
         items = expressions.evaluate(node.spec.foreach, w.context(name))
         if not isinstance(items, list):
             raise expressions.ExpressionError(
-                f"foreach expression {node.spec.foreach!r} gave {type(items).__name__}, not a list"
+                node.spec.foreach, f"gave {type(items).__name__}, not a list"
             )
     except expressions.ExpressionError as exc:
         _condition_error(w, name, exc)
@@ -1240,3 +1532,8 @@ def progress(state: dict[str, Any]) -> dict[str, int]:
 
 def active_steps(state: dict[str, Any]) -> Iterable[str]:
     return [n for n, s in state.get("steps", {}).items() if s["status"] in ACTIVE]
+
+
+def downstream_of(spec: WorkflowSpec, state: dict[str, Any], step: str) -> set[str]:
+    """The steps that resume-from ``step`` would run again (``step`` included)."""
+    return _downstream(_Work(spec, state, 0.0, DEFAULT_SHORT_WAIT), step)

@@ -73,6 +73,9 @@ class Run(models.Model):
     faults = models.JSONField(default=list, blank=True)
     state = models.JSONField(default=dict, blank=True, help_text="The engine's state document.")
     state_version = models.PositiveIntegerField(default=0)
+    state_checksum = models.CharField(
+        max_length=64, blank=True, default="", help_text="sha256 of the canonical JSON state."
+    )
     event_seq = models.PositiveIntegerField(default=0)
     due_at = models.DateTimeField(null=True, blank=True, help_text="Earliest durable timer.")
     deadline = models.DateTimeField(null=True, blank=True, help_text="Whole-run timeout.")
@@ -158,6 +161,9 @@ class RunEvent(models.Model):
     attempt = models.PositiveIntegerField(null=True, blank=True)
     at = models.DateTimeField()
     actor = models.CharField(max_length=150, blank=True, default="", help_text="Who or what.")
+    state_version = models.PositiveIntegerField(
+        default=0, help_text="The run's state version this event produced."
+    )
     data = models.JSONField(default=dict, blank=True)
 
     class Meta:

@@ -6,6 +6,7 @@ template can format them); ids of runs are strings.
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -97,24 +98,59 @@ def attempt(a: StepAttempt) -> dict[str, Any]:
     }
 
 
-def _step_types(run: Run) -> dict[str, str]:
+def _spec_steps(run: Run) -> list[tuple[str, str]]:
+    """(name, type) of every step of the run's workflow, in the spec's depth-first order."""
     try:
         spec = store.spec_for(run.definition)
     except Exception:  # an old definition that no longer validates: types unknown
-        return {}
-    return {s.name: s.type for s, _ in spec.all_steps()}
+        return []
+    return [(s.name, s.type) for s, _ in spec.all_steps()]
+
+
+_SUFFIX = re.compile(r"\[(\d+)\]")
+_GROUPS = {"handler": 1, "compensation": 2}
+
+
+def step_order(run: Run, positions: dict[str, int] | None = None) -> list[str]:
+    """The run's step instances in display order.
+
+    PostgreSQL's jsonb does not keep the key order of ``state["steps"]``, so the order is
+    rebuilt: main steps (with their fallbacks) in the workflow's order, iterations by index;
+    then on-error handlers; then compensations in the order they ran.
+    """
+    state_steps = (run.state or {}).get("steps", {})
+    if positions is None:
+        positions = {name: i for i, (name, _) in enumerate(_spec_steps(run))}
+    compensations = {n: i for i, n in enumerate((run.state or {}).get("compensations") or [])}
+
+    def key(name: str) -> tuple[Any, ...]:
+        st = state_steps[name]
+        kind = st.get("kind", "action")
+        group = _GROUPS.get(kind, 0)
+        suffix = tuple(int(i) for i in _SUFFIX.findall(st.get("suffix") or ""))
+        base = st.get("base", name)
+        position = positions.get(base, len(positions))
+        if group == 2 and name in compensations:
+            return (group, compensations[name], (), name)
+        return (group, position, suffix, name)
+
+    return sorted(state_steps, key=key)
 
 
 def steps(run: Run, attempts: Iterable[StepAttempt] | None = None) -> list[dict[str, Any]]:
-    """The run's step instances in the order of ``run.state["steps"]``, with their attempts."""
+    """The run's step instances in ``step_order``, with their attempts."""
     if attempts is None:
         attempts = StepAttempt.objects.filter(run=run).order_by("step", "number", "id")
     by_step: dict[str, list[StepAttempt]] = defaultdict(list)
     for a in attempts:
         by_step[a.step].append(a)
-    types = _step_types(run)
+    spec_steps = _spec_steps(run)
+    types = dict(spec_steps)
+    positions = {name: i for i, (name, _) in enumerate(spec_steps)}
+    state_steps = (run.state or {}).get("steps", {})
     out = []
-    for name, st in (run.state or {}).get("steps", {}).items():
+    for name in step_order(run, positions):
+        st = state_steps[name]
         base = st.get("base", name)
         out.append(
             {

@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from interventions.models import Intervention
 from workflows import engine, spec as spec_mod, store
-from workflows.models import Run, WorkflowDefinition
+from workflows.models import Checkpoint, Run, WorkflowDefinition
 
 
 class ServiceError(Exception):
@@ -272,3 +272,128 @@ def decide(
         raise ServiceError(409, str(exc)) from exc
     intervention.refresh_from_db()
     return intervention
+
+
+# --------------------------------------------------------------------------- recovery
+
+
+def _paused_or_stopped(run: Run, verb: str) -> None:
+    if run.status in ("pending", "running", "waiting", "compensating"):
+        raise ServiceError(409, f"the run is {run.status}: pause it before you {verb}")
+
+
+def restore(run_id: Any, checkpoint_id: Any, user: Any = None) -> Run:
+    """Continue the run from one of its checkpoints; later steps run again."""
+    run = get_run(run_id)
+    try:
+        checkpoint = Checkpoint.objects.get(pk=int(checkpoint_id))
+    except (Checkpoint.DoesNotExist, TypeError, ValueError) as exc:
+        raise NotFound(f"checkpoint {checkpoint_id} does not exist") from exc
+    if checkpoint.run_id != run.pk:
+        raise ServiceError(
+            400,
+            f"checkpoint {checkpoint.pk} belongs to run {checkpoint.run_id}, not to run {run.pk}",
+            [{"path": "checkpoint", "message": "belongs to another run"}],
+        )
+    try:
+        state = store.load_checkpoint(checkpoint)
+    except store.CheckpointInvalid as exc:
+        raise ServiceError(409, str(exc), [{"path": "checkpoint", "message": str(exc)}]) from exc
+    unmapped = engine.unmapped_steps(store.spec_for(run.definition), state)
+    if unmapped:
+        raise ServiceError(
+            409,
+            f"the checkpoint has steps that version {run.workflow_version} does not: "
+            + ", ".join(unmapped),
+        )
+    return _apply(
+        run.pk, lambda r: engine.RestoreState(time.time(), state, str(checkpoint.pk)), user
+    )
+
+
+def resume_from(run_id: Any, step: str, user: Any = None) -> Run:
+    """Run ``step`` and everything downstream of it again, keeping upstream results."""
+    _require_step(run_id, step)
+    return _apply(run_id, lambda r: engine.ResumeFromStep(time.time(), step), user)
+
+
+def preview_resume_from(run_id: Any, step: str) -> dict[str, list[str]]:
+    """What resume-from would do: which steps run again, which results are kept."""
+    run = get_run(run_id)
+    _require_step(run_id, step)
+    again = engine.downstream_of(store.spec_for(run.definition), run.state, step)
+    kept = [n for n, st in run.state["steps"].items() if n not in again and st["status"] == "succeeded"]
+    return {"run_again": sorted(again), "kept": kept}
+
+
+def set_breakpoint(run_id: Any, step: str, enabled: bool = True, user: Any = None) -> Run:
+    return _apply(run_id, lambda r: engine.SetBreakpoint(time.time(), step, enabled), user)
+
+
+def take_checkpoint(run_id: Any, user: Any = None) -> Checkpoint:
+    run = _apply(run_id, lambda r: engine.ManualCheckpoint(time.time()), user)
+    return run.checkpoints.order_by("-created_at", "-pk").first()  # type: ignore[return-value]
+
+
+def migrate(run_id: Any, version: int, user: Any = None) -> Run:
+    """Move a paused or failed run to another version of its workflow."""
+    run = get_run(run_id)
+    if run.status not in ("paused", "failed"):
+        raise ServiceError(409, f"only a paused or failed run can be migrated; this one is {run.status}")
+    target = get_definition(run.workflow_name, version)
+    if target.pk == run.definition_id:
+        raise ServiceError(409, f"the run is already on version {version}")
+    unmapped = engine.unmapped_steps(store.spec_for(target), run.state)
+    if unmapped:
+        raise ServiceError(
+            409,
+            f"these steps of the run do not exist in version {version}: {', '.join(unmapped)}",
+            [{"path": f"steps.{n}", "message": "not in the target version"} for n in unmapped],
+        )
+    from_version = run.workflow_version
+
+    def switch(r: Run) -> None:
+        r.definition = target
+        r.workflow_version = target.version
+
+    try:
+        applied = store.apply(
+            run.pk,
+            lambda r: engine.MigrateVersion(time.time(), from_version, target.version),
+            _actor(user),
+            before=switch,
+        )
+    except engine.EngineError as exc:
+        raise ServiceError(409, str(exc)) from exc
+    assert applied is not None
+    return applied.run
+
+
+def state_history(run_id: Any) -> list[dict[str, Any]]:
+    """Each state version: what changed it, who or what, and from which version."""
+    run = get_run(run_id)
+    history: dict[int, dict[str, Any]] = {}
+    for ev in run.events.order_by("seq").values("state_version", "type", "step", "actor", "at"):
+        entry = history.setdefault(
+            ev["state_version"],
+            {
+                "version": ev["state_version"],
+                "from_version": max(ev["state_version"] - 1, 0),
+                "at": ev["at"],
+                "by": ev["actor"] or "engine",
+                "changes": [],
+            },
+        )
+        entry["changes"].append(f"{ev['type']} {ev['step']}".strip())
+    return list(history.values())
+
+
+def checkpoint_state(run_id: Any, checkpoint_id: Any) -> dict[str, Any]:
+    run = get_run(run_id)
+    checkpoint = Checkpoint.objects.filter(pk=checkpoint_id, run=run).first()
+    if checkpoint is None:
+        raise NotFound(f"checkpoint {checkpoint_id} does not exist in run {run.pk}")
+    try:
+        return store.load_checkpoint(checkpoint)
+    except store.CheckpointInvalid as exc:
+        raise ServiceError(409, str(exc)) from exc

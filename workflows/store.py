@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import re
+import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -106,12 +107,24 @@ def apply(
         now = timezone.now()
         if report is not None and not _close_reported_attempt(report, now):
             return None  # duplicate or late report (cancelled, lease lost): acknowledged
+        recovered = None
+        problems = state_problems(run)
+        if problems:
+            recovered = _recover_corrupted_state(run, problems, now)
+            if report is not None or recovered is None:
+                return recovered  # the attempt's step runs again from the restored state
         if before is not None:
             before(run)
         event = make_event(run)
-        decision = engine.decide(
-            spec_for(run.definition), run.state, event, settings.FLOWMEND_SHORT_WAIT_SECONDS
-        )
+        try:
+            decision = engine.decide(
+                spec_for(run.definition), run.state, event, settings.FLOWMEND_SHORT_WAIT_SECONDS
+            )
+        except engine.EngineError:
+            if recovered is None:
+                raise
+            log.warning("run %s: %s not applicable after the restore; dropped", run.pk, event)
+            return recovered  # the restore stands; it already re-ran what was unfinished
         applied = _persist(run, decision, now, actor, claim_for)
         if report is not None and report.error is not None:
             _record_error(run, report)
@@ -156,6 +169,7 @@ def _persist(
                     attempt=cmd.attempt,
                     at=now,
                     actor=actor,
+                    state_version=run.state_version + 1,
                     data=_jsonable(cmd.data),
                 )
             )
@@ -227,8 +241,78 @@ def _persist(
     return Applied(run, commands, inline)
 
 
+def state_checksum(state: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical_json(state)).hexdigest()
+
+
+def state_problems(run: Run) -> list[str]:
+    """Integrity check on load: the stored checksum and the state's schema."""
+    if not run.state_checksum:
+        return []  # a run created before checksums, or not started yet
+    problems = []
+    if state_checksum(run.state) != run.state_checksum:
+        problems.append("the state does not match its checksum")
+    problems.extend(engine.validate_state(run.state))
+    return problems
+
+
+def _recover_corrupted_state(run: Run, problems: list[str], now: datetime) -> Applied | None:
+    """Record a state_corruption error and restore the newest valid checkpoint."""
+    started = time.monotonic()
+    log.error("run %s: corrupted state: %s", run.pk, "; ".join(problems))
+    record = ErrorRecord.objects.create(
+        run=run,
+        error_class="state_corruption",
+        severity="critical",
+        retryable=False,
+        type="StateCorruption",
+        message="; ".join(problems)[:2000],
+        fingerprint=fingerprint(run.workflow_name, "", {"type": "StateCorruption"}),
+        workflow_name=run.workflow_name,
+    )
+    for checkpoint in run.checkpoints.filter(valid=True).order_by("-created_at", "-pk"):
+        try:
+            state = load_checkpoint(checkpoint)
+        except CheckpointInvalid:
+            continue
+        decision = engine.decide(
+            spec_for(run.definition),
+            state,
+            engine.RestoreState(now.timestamp(), state, str(checkpoint.pk)),
+            settings.FLOWMEND_SHORT_WAIT_SECONDS,
+        )
+        applied = _persist(run, decision, now, "integrity-check", None)
+        record.recovery = [
+            {
+                "strategy": "restore_from_last_valid_checkpoint",
+                "number": 1,
+                "success": True,
+                "action": f"restored checkpoint {checkpoint.pk} ({checkpoint.kind})",
+                "duration_ms": round((time.monotonic() - started) * 1000, 2),
+            }
+        ]
+        record.save(update_fields=["recovery"])
+        return applied
+    record.recovery = [
+        {
+            "strategy": "restore_from_last_valid_checkpoint",
+            "number": 1,
+            "success": False,
+            "action": "no valid checkpoint: the run is failed; restart it",
+            "duration_ms": round((time.monotonic() - started) * 1000, 2),
+        }
+    ]
+    record.save(update_fields=["recovery"])
+    run.status = "failed"
+    run.error = {"type": "StateCorruption", "message": "; ".join(problems)}
+    run.finished_at = now
+    run.save(update_fields=["status", "error", "finished_at", "updated_at"])
+    return None
+
+
 def _update_run_row(run: Run, state: dict[str, Any], now: datetime) -> None:
     run.state = state
+    run.state_checksum = state_checksum(state)
     run.state_version += 1
     run.status = state["status"]
     run.due_at = from_ts(engine.next_due(state))
@@ -244,7 +328,10 @@ def _update_run_row(run: Run, state: dict[str, Any], now: datetime) -> None:
         run.error = state.get("error")
     run.save(
         update_fields=[
+            "definition",
+            "workflow_version",
             "state",
+            "state_checksum",
             "state_version",
             "status",
             "due_at",
@@ -392,6 +479,29 @@ def write_checkpoint(run: Run, state: dict[str, Any], kind: str, step: str, by: 
         schema_version=engine.STATE_SCHEMA,
         created_by=by,
     )
+
+
+class CheckpointInvalid(Exception):
+    pass
+
+
+def load_checkpoint(checkpoint: Checkpoint) -> dict[str, Any]:
+    """The checkpoint's state, verified (checksum and schema); marks it invalid if not."""
+    try:
+        raw = bytes(checkpoint.data)
+        if checkpoint.compressed:
+            raw = zlib.decompress(raw)
+        if hashlib.sha256(raw).hexdigest() != checkpoint.checksum:
+            raise CheckpointInvalid("its data does not match its checksum")
+        state = json.loads(raw)
+        problems = engine.validate_state(state)
+        if problems:
+            raise CheckpointInvalid("; ".join(problems[:5]))
+    except (zlib.error, ValueError, CheckpointInvalid) as exc:
+        Checkpoint.objects.filter(pk=checkpoint.pk).update(valid=False)
+        checkpoint.valid = False
+        raise CheckpointInvalid(f"checkpoint {checkpoint.pk} is corrupt: {exc}") from exc
+    return dict(state)
 
 
 def _jsonable(value: Any) -> Any:
