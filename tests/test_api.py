@@ -497,6 +497,30 @@ def test_restore_needs_a_checkpoint_of_the_run(api_client, saved_workflow):
     assert_problem(client.post_json(f"/api/v1/runs/{uuid.uuid4()}/restore", {"checkpoint": 1}), 404)
 
 
+def test_restore_from_a_checkpoint(api_client, saved_workflow):
+    saved_workflow()
+    client = api_client("operator")
+    run_id = start(client)
+    other_id = start(client)
+    assert client.post(f"/api/v1/runs/{run_id}/pause").status_code == 200
+    mine = services.take_checkpoint(run_id)
+    theirs = services.take_checkpoint(other_id)
+    listed = client.get(f"/api/v1/runs/{run_id}/checkpoints").json()["items"]
+    assert [c["id"] for c in listed] == [mine.pk]
+    body = assert_problem(
+        client.post_json(f"/api/v1/runs/{run_id}/restore", {"checkpoint": theirs.pk}), 400
+    )
+    assert body["errors"][0]["path"] == "checkpoint"
+    assert_problem(
+        api_client("viewer").post_json(f"/api/v1/runs/{run_id}/restore", {"checkpoint": mine.pk}),
+        403,
+    )
+    restored = client.post_json(f"/api/v1/runs/{run_id}/restore", {"checkpoint": mine.pk})
+    assert restored.status_code == 200, restored.content
+    assert restored.json()["id"] == run_id
+    assert RunEvent.objects.filter(run_id=run_id, type="run.restored").exists()
+
+
 def test_checkpoints_and_errors_of_a_run(api_client, saved_workflow):
     saved_workflow()
     client = api_client("viewer")

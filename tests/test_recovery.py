@@ -135,3 +135,21 @@ def test_migrate_refuses_when_completed_steps_disappear(worker):
     with pytest.raises(services.ServiceError) as err:
         services.migrate(run.pk, 2)
     assert "a" in err.value.message and err.value.status == 409
+
+
+def test_checkpoint_retention_keeps_the_newest_valid(worker):
+    from workflows import sweeper
+
+    steps = "\n".join(f"  - {{name: s{i}, type: noop}}" for i in range(8))
+    services.save_workflow(f"name: many\nsettings:\n  checkpoints: {{keep: 3}}\nsteps:\n{steps}\n")
+    run = wait_for_run(services.start_run("many").pk)
+    assert run.checkpoints.count() == 8
+    newest = run.checkpoints.order_by("-created_at", "-pk").first()
+    Checkpoint.objects.filter(pk=newest.pk).update(valid=False)
+    sweeper.enforce_checkpoint_retention()
+    left = list(run.checkpoints.order_by("-created_at", "-pk").values_list("step", flat=True))
+    assert left == ["s7", "s6", "s5"]  # s7 is invalid; s6 is the newest valid
+    Checkpoint.objects.filter(run=run).exclude(step="s5").delete()
+    Checkpoint.objects.filter(run=run).update(created_at="2000-01-01T00:00:00Z")
+    sweeper.enforce_checkpoint_retention()
+    assert list(run.checkpoints.values_list("step", flat=True)) == ["s5"]

@@ -15,11 +15,11 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F
+from django.db.models import Count, F, Min
 from django.utils import timezone
 
 from workflows import actors, engine, store
-from workflows.models import TERMINAL_RUN_STATUSES, Run, StepAttempt
+from workflows.models import TERMINAL_RUN_STATUSES, Checkpoint, Run, StepAttempt
 
 log = logging.getLogger(__name__)
 ADVISORY_KEY = 0x466C6F77  # "Flow"
@@ -28,7 +28,13 @@ REDISPATCH_AFTER = timedelta(seconds=float(getattr(settings, "FLOWMEND_REDISPATC
 TIMEOUT_GRACE = timedelta(seconds=5)
 
 
+_passes = 0
+RETENTION_EVERY = 60  # passes
+
+
 def sweep_once() -> dict[str, int]:
+    global _passes
+    _passes += 1
     counts = {
         "requeued": requeue_expired_leases(),
         "redispatched": redispatch_lost(),
@@ -36,7 +42,40 @@ def sweep_once() -> dict[str, int]:
         "timers": fire_due_timers(),
         "run_timeouts": enforce_run_timeouts(),
     }
+    if _passes % RETENTION_EVERY == 1:
+        counts["checkpoints_deleted"] = enforce_checkpoint_retention()
     return counts
+
+
+def enforce_checkpoint_retention() -> int:
+    """Keep `keep` checkpoints per run and none older than `max-age`; never the newest valid."""
+    now = timezone.now()
+    deleted = 0
+    run_ids = (
+        Checkpoint.objects.values("run_id")
+        .annotate(n=Count("id"), oldest=Min("created_at"))
+        .values_list("run_id", "n", "oldest")
+    )
+    for run_id, n, oldest in run_ids.iterator():
+        run = Run.objects.select_related("definition").only("definition").get(pk=run_id)
+        cfg = store.spec_for(run.definition).settings.checkpoints
+        if n <= cfg.keep and oldest >= now - timedelta(seconds=cfg.max_age):
+            continue
+        checkpoints = list(
+            Checkpoint.objects.filter(run_id=run_id)
+            .order_by("-created_at", "-pk")
+            .values_list("pk", "created_at", "valid")
+        )
+        newest_valid = next((pk for pk, _, valid in checkpoints if valid), None)
+        doomed = [
+            pk
+            for i, (pk, created, _) in enumerate(checkpoints)
+            if pk != newest_valid
+            and (i >= cfg.keep or created < now - timedelta(seconds=cfg.max_age))
+        ]
+        if doomed:
+            deleted += Checkpoint.objects.filter(pk__in=doomed).delete()[0]
+    return deleted
 
 
 def requeue_expired_leases() -> int:
