@@ -287,6 +287,7 @@ def print_summary(results: dict[str, Any]) -> None:
             f"{cost['wall_ms_per_step']:.2f} ms/step = {cost['sql_ms_per_step']:.2f} ms statements "
             f"+ {cost['commit_ms_per_step']:.2f} ms COMMIT + {cost['python_ms_per_step']:.2f} ms Python"
         )
+        print(f"  CPU time of the worker thread: {cost['cpu_ms_per_step']:.2f} ms/step")
         print(
             f"  of the Python: engine.decide {cost['decide_ms_per_step']:.2f} ms, "
             f"checkpoint (canonical JSON, sha256, zlib) {cost['checkpoint_python_ms_per_step']:.2f} ms"

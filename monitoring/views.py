@@ -137,10 +137,17 @@ def _step_rows(run: Run) -> list[dict[str, Any]]:
     attempts: dict[str, list[StepAttempt]] = defaultdict(list)
     for attempt in StepAttempt.objects.filter(run=run).order_by("step", "number"):
         attempts[attempt.step].append(attempt)
-    cancelled = bool(run.state.get("cancelled"))
+    # a finished run takes step retries and skips only when it failed without compensating
+    reopenable = not run.is_terminal or (
+        run.status == "failed" and not run.state.get("compensations")
+    )
+    actionable = reopenable and not run.state.get("cancelled")
     rows = []
     for name, st in run.state.get("steps", {}).items():
         status = st.get("status", "")
+        tries = attempts.get(name, [])
+        if status == "queued" and tries and tries[-1].status == "running":
+            status = "running"  # claimed by a worker; the state says queued until it reports
         rows.append(
             {
                 "name": name,
@@ -148,13 +155,15 @@ def _step_rows(run: Run) -> list[dict[str, Any]]:
                 "status": status,
                 "kind": st.get("kind", ""),
                 "attempt_count": st.get("attempt", 0),
-                "attempts": attempts.get(name, []),
-                "can_retry": not cancelled and status in ("failed", "cancelled", "retrying"),
-                "can_skip": not cancelled
+                "attempts": tries,
+                "can_retry": actionable and status in ("failed", "cancelled", "retrying"),
+                "can_skip": actionable
                 and st.get("kind") != "flow"
                 and status in ("pending", "failed", "cancelled", "retrying"),
             }
         )
+    # a timeline: started steps in start order, then the ones still to come
+    rows.sort(key=lambda r: (r["state"].get("started") is None, r["state"].get("started") or 0))
     return rows
 
 

@@ -775,3 +775,9 @@ def test_events_are_recorded_for_pause(api_client, saved_workflow):
     run_id = start(client)
     client.post(f"/api/v1/runs/{run_id}/pause")
     assert RunEvent.objects.filter(run_id=run_id, type="run.paused").exists()
+
+
+def test_unknown_endpoint_is_a_json_404(api_client):
+    body = assert_problem(Client().get("/api/v1/nothing/here"), 404)
+    assert "nothing/here" in body["error"]
+    assert api_client("viewer").get("/api/v1/runs").status_code == 200

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import inspect
 import json
 import uuid
 from datetime import datetime
@@ -467,10 +466,7 @@ def restore_run(request: HttpRequest, run_id: str, payload: RestoreIn) -> HttpRe
     """Resume the run from one of its checkpoints."""
     user = _need(request, "restore")
     pk = _run_exists(run_id)
-    restore = getattr(services, "restore", None)
-    if restore is None:
-        raise ServiceError(409, "restore from checkpoint is not available yet")
-    return _run_answer(request, restore(pk, payload.checkpoint, user))
+    return _run_answer(request, services.restore(pk, payload.checkpoint, user))
 
 
 @api.post("/runs/{run_id}/steps/{step}/retry", tags=["runs"])
@@ -559,13 +555,26 @@ def decide_intervention(
     """Decide with one of the intervention's ``options``."""
     user = _need(request, "decide")
     found = _intervention(intervention_id)
-    kwargs: dict[str, Any] = {"output": payload.output, "comment": payload.comment}
-    if payload.checkpoint is not None:
-        if "checkpoint" not in inspect.signature(services.decide).parameters:
-            raise ServiceError(409, "restore from checkpoint is not available yet")
-        kwargs["checkpoint"] = payload.checkpoint
-    decided = services.decide(found.pk, payload.action, user, **kwargs)
+    decided = services.decide(
+        found.pk,
+        payload.action,
+        user,
+        output=payload.output,
+        comment=payload.comment,
+        checkpoint=payload.checkpoint,
+    )
     return _ok(request, serializers.intervention_detail(_intervention(str(decided.pk))))
+
+
+# --------------------------------------------------------------------------- anything else
+
+
+@api.api_operation(
+    ["GET", "POST", "PUT", "PATCH", "DELETE"], "/{path:rest}", auth=None, include_in_schema=False
+)
+def no_such_endpoint(request: HttpRequest, rest: str) -> HttpResponse:
+    """Unknown paths under /api/v1/ answer in the API's own error format."""
+    return _problem(request, 404, f"no endpoint {request.method} /api/v1/{rest}")
 
 
 __all__ = ["api"]

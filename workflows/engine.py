@@ -45,6 +45,8 @@ FINISHED = frozenset({"succeeded", "skipped", "failed", "cancelled", "compensate
 ACTIVE = frozenset({"queued", "running", "retrying"})
 TERMINAL_RUN = frozenset({"succeeded", "failed", "cancelled", "compensated"})
 DEFAULT_SHORT_WAIT = 30.0
+# restore and restart are carried out by the services (they need the database)
+ESCALATION_OPTIONS = ("retry", "skip", "restore", "restart", "compensate", "abort")
 
 
 class EngineError(Exception):
@@ -615,7 +617,7 @@ def _resolve_failure(w: _Work, name: str) -> None:
                 name,
                 "escalation",
                 f"Step {name} failed: {_error_text(st['error'])}",
-                ("retry", "skip", "abort"),
+                ESCALATION_OPTIONS,
             )
         )
         w.emit("step.escalated", name)
@@ -781,10 +783,14 @@ def _on_decided(w: _Work, e: InterventionDecided) -> None:
             _retry(w, e.step)
         elif e.action == "skip":
             _skip(w, e.step, e.output)
-        elif e.action in ("abort", "reject"):
-            _fail_run(w, st["error"], e.step)
+        elif e.action == "compensate":
+            _fail_run(w, st["error"], e.step)  # on-error handlers, then compensations
+        elif e.action == "abort":
+            _on_cancel(w, CancelRun(w.now, f"aborted by {e.by or 'operator'} at {e.step}"))
         else:
-            raise EngineError(f"an escalation takes retry, skip or abort, not {e.action!r}")
+            raise EngineError(
+                f"an escalation takes {', '.join(ESCALATION_OPTIONS)}, not {e.action!r}"
+            )
         return
     raise EngineError(f"step {e.step!r} is not waiting for a decision")
 
@@ -1218,10 +1224,10 @@ def _ready(w: _Work, name: str) -> bool:
             i = order.index(name) if name in order else 0
             prev = order[i - 1] if i else None
         else:
-            same = [n for n, s in w.steps.items() if s["scope"] == scope]
-            i = same.index(name)
-            prev = same[i - 1] if i else None
-        return prev is None or w.steps[prev]["status"] in FINISHED
+            # spec order, never the dict's: PostgreSQL's jsonb does not keep key order
+            i = node.siblings.index(st["base"])
+            prev = node.siblings[i - 1] + name[len(st["base"]) :] if i else None
+        return prev is None or prev not in w.steps or w.steps[prev]["status"] in FINISHED
     suffix = st["suffix"]
     for dep in node.deps:
         dst = w.steps.get(_instance(dep, suffix))

@@ -232,7 +232,9 @@ def decide(
     user: Any = None,
     output: Any = None,
     comment: str = "",
+    checkpoint: Any = None,
 ) -> Intervention:
+    """Carry out an operator's decision. restore/restart are done here, the rest by the engine."""
     try:
         intervention = Intervention.objects.get(pk=intervention_id)
     except (Intervention.DoesNotExist, ValueError) as exc:
@@ -259,6 +261,23 @@ def decide(
         if not updated:
             raise ServiceError(409, f"intervention {intervention_id} was decided meanwhile")
 
+    if action in ("restore", "restart"):
+        with transaction.atomic():
+            record(intervention.run)
+            if action == "restore":
+                if checkpoint is None:
+                    newest = intervention.run.checkpoints.filter(valid=True).order_by(
+                        "-created_at", "-pk"
+                    ).first()
+                    if newest is None:
+                        raise ServiceError(409, "the run has no valid checkpoint to restore")
+                    checkpoint = newest.pk
+                restore(intervention.run_id, checkpoint, user)
+            else:
+                new_run = restart(intervention.run_id, user)
+                cancel(intervention.run_id, user, f"restarted as run {new_run.pk}")
+        intervention.refresh_from_db()
+        return intervention
     try:
         store.apply(
             intervention.run_id,

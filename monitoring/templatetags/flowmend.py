@@ -96,6 +96,17 @@ def error_text(error: Any) -> str:
 
 
 @register.filter
+def without_traceback(value: Any) -> Any:
+    """A copy of an error (or event data holding one) without its long traceback."""
+    if not isinstance(value, dict):
+        return value
+    out = {k: v for k, v in value.items() if k != "traceback"}
+    if isinstance(out.get("error"), dict):
+        out["error"] = {k: v for k, v in out["error"].items() if k != "traceback"}
+    return out
+
+
+@register.filter
 def status_label(value: Any) -> str:
     return str(value or "").replace("_", " ")
 

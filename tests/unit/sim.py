@@ -28,6 +28,7 @@ from workflows.engine import (
     AttemptSucceeded,
     CancelAttempts,
     CloseAttempt,
+    CloseInterventions,
     DispatchAttempt,
     Event,
     InterventionDecided,
@@ -246,6 +247,19 @@ class Simulator:
         elif isinstance(c, CancelAttempts):
             for step in c.steps:
                 self._drop(step, None)
+        elif isinstance(c, CloseInterventions):
+            # a closed intervention can no longer be decided: drop scripted decisions
+            self._queue = [
+                item
+                for item in self._queue
+                if not (
+                    isinstance(item[2], InterventionDecided)
+                    and c.step in (None, item[2].step)
+                    and item[2].now > self.now - 1e-9
+                    and not self._decided_now(item[2])
+                )
+            ]
+            heapq.heapify(self._queue)
         elif isinstance(c, OpenIntervention):
             self.result.interventions.append((self.now, c))
             table = self.approvals if c.kind == "approval" else self.escalations
