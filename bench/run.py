@@ -72,6 +72,7 @@ def latency_summary(times: list[float]) -> dict[str, Any]:
         "p95_ms": round(percentile(gaps, 95), 3),
         "mean_ms": round(statistics.fmean(gaps), 3),
         "max_ms": round(max(gaps), 3),
+        "gaps_over_100ms": sum(1 for g in gaps if g > 100),
         "first_tenth_median_ms": round(statistics.median(gaps[:k]), 3),
         "last_tenth_median_ms": round(statistics.median(gaps[-k:]), 3),
         "total_s": round(times[-1] - times[0], 3),

@@ -79,7 +79,10 @@ def ship(args: dict[str, Any], context: Any) -> dict[str, Any]:
     """Hand the parcel to a carrier. ``address: nowhere`` fails (and triggers compensation)."""
     if args.get("address") == "nowhere":
         raise CarrierUnavailable("no carrier delivers to 'nowhere'")
-    return {"tracking": _ref("trk", context.run_id, args.get("order")), "address": args.get("address")}
+    return {
+        "tracking": _ref("trk", context.run_id, args.get("order")),
+        "address": args.get("address"),
+    }
 
 
 # --------------------------------------------------------------------------- flaky api

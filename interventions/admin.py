@@ -9,7 +9,18 @@ from interventions.models import Intervention
 class InterventionAdmin(admin.ModelAdmin):
     """Read-only here: decide through the console or the API so the run is told."""
 
-    list_display = ["id", "run", "step", "kind", "status", "short_reason", "created_at", "expires_at", "decided_by", "action"]
+    list_display = [
+        "id",
+        "run",
+        "step",
+        "kind",
+        "status",
+        "short_reason",
+        "created_at",
+        "expires_at",
+        "decided_by",
+        "action",
+    ]
     list_filter = ["status", "kind", "action"]
     search_fields = ["reason", "step", "run__id", "comment"]
     date_hierarchy = "created_at"

@@ -85,7 +85,9 @@ def overview(request: HttpRequest) -> HttpResponse:
         "total_runs": sum(counts.values()),
         "open_interventions": Intervention.objects.filter(status="open").count(),
         "recent_runs": Run.objects.all()[:10],
-        "recent_interventions": Intervention.objects.filter(status="open").select_related("run")[:5],
+        "recent_interventions": Intervention.objects.filter(status="open").select_related("run")[
+            :5
+        ],
         "now": timezone.now(),
     }
     return render(request, "overview.html", context)
@@ -125,9 +127,7 @@ def run_list(request: HttpRequest) -> HttpResponse:
         "status": filters.get("status", ""),
         "workflow": filters.get("workflow_name", ""),
         "statuses": RunStatus.values,
-        "workflow_names": sorted(
-            set(WorkflowDefinition.objects.values_list("name", flat=True))
-        ),
+        "workflow_names": sorted(set(WorkflowDefinition.objects.values_list("name", flat=True))),
         "now": timezone.now(),
     }
     return render(request, "runs/list.html", context)
@@ -314,7 +314,10 @@ def intervention_detail(request: HttpRequest, pk: int) -> HttpResponse:
     intervention = _get_intervention(pk)
     if intervention is None:
         return not_found(
-            request, f"There is no intervention {pk}.", reverse("intervention-list"), "All interventions"
+            request,
+            f"There is no intervention {pk}.",
+            reverse("intervention-list"),
+            "All interventions",
         )
     context = {
         "intervention": intervention,
@@ -339,7 +342,10 @@ def intervention_decide(request: HttpRequest, pk: int) -> HttpResponse:
     back = _safe_next(request, reverse("intervention-detail", args=[pk]))
     if _get_intervention(pk) is None:
         return not_found(
-            request, f"There is no intervention {pk}.", reverse("intervention-list"), "All interventions"
+            request,
+            f"There is no intervention {pk}.",
+            reverse("intervention-list"),
+            "All interventions",
         )
     action = request.POST.get("action", "")
     if _refused(request, "decide"):
@@ -398,7 +404,9 @@ def error_groups(request: HttpRequest) -> HttpResponse:
 def workflow_list(request: HttpRequest) -> HttpResponse:
     latest: dict[str, WorkflowDefinition] = {}
     version_counts: dict[str, int] = defaultdict(int)
-    for definition in WorkflowDefinition.objects.order_by("name", "-version").defer("source", "spec"):
+    for definition in WorkflowDefinition.objects.order_by("name", "-version").defer(
+        "source", "spec"
+    ):
         latest.setdefault(definition.name, definition)
         version_counts[definition.name] += 1
     run_counts = dict(Run.objects.values_list("workflow_name").annotate(n=Count("id")).order_by())

@@ -109,8 +109,16 @@ def _messages(response) -> list[str]:
 
 @pytest.mark.parametrize(
     "path",
-    ["/", "/runs/", f"/runs/{uuid.uuid4()}/", "/interventions/", "/interventions/1/", "/errors/",
-     "/workflows/", "/workflows/page-test/"],
+    [
+        "/",
+        "/runs/",
+        f"/runs/{uuid.uuid4()}/",
+        "/interventions/",
+        "/interventions/1/",
+        "/errors/",
+        "/workflows/",
+        "/workflows/page-test/",
+    ],
 )
 def test_pages_redirect_to_login_with_next(client: Client, path: str) -> None:
     response = client.get(path)
@@ -122,7 +130,9 @@ def test_login_page_and_login_follow_next(client: Client, operator: User) -> Non
     page = client.get("/login/?next=/runs/")
     assert page.status_code == 200
     assert b'name="next" value="/runs/"' in page.content
-    response = client.post("/login/", {"username": "olivia", "password": "pw-olivia", "next": "/runs/"})
+    response = client.post(
+        "/login/", {"username": "olivia", "password": "pw-olivia", "next": "/runs/"}
+    )
     assert response.status_code == 302
     assert response["Location"] == "/runs/"
 
@@ -138,8 +148,13 @@ def test_logout_is_a_post(op_client: Client) -> None:
 
 def test_every_page_renders(op_client: Client, run: Run, intervention: Intervention) -> None:
     ErrorRecord.objects.create(
-        run=run, step="first", attempt=1, type="ConnectionError", message="refused",
-        fingerprint="f" * 64, workflow_name=run.workflow_name,
+        run=run,
+        step="first",
+        attempt=1,
+        type="ConnectionError",
+        message="refused",
+        fingerprint="f" * 64,
+        workflow_name=run.workflow_name,
     )
     pages = {
         "/": [b"Overview", b"open interventions", b"page-test"],
@@ -149,7 +164,11 @@ def test_every_page_renders(op_client: Client, run: Run, intervention: Intervent
         f"/interventions/{intervention.pk}/": [b"first failed 3 times", b'value="abort"'],
         "/errors/": [b"ConnectionError", b"refused"],
         "/workflows/": [b"page-test", b"v1"],
-        "/workflows/page-test/": [b"Two steps for the page tests", b"Start run", b"name: page-test"],
+        "/workflows/page-test/": [
+            b"Two steps for the page tests",
+            b"Start run",
+            b"name: page-test",
+        ],
     }
     for path, needles in pages.items():
         response = op_client.get(path)
@@ -204,7 +223,9 @@ def test_malformed_filters_elsewhere_never_500(op_client: Client, workflow: str)
         ("/interventions/999999/", "/interventions/"),
     ],
 )
-def test_unknown_things_get_a_404_page_linking_back(op_client: Client, path: str, back: str) -> None:
+def test_unknown_things_get_a_404_page_linking_back(
+    op_client: Client, path: str, back: str
+) -> None:
     response = op_client.get(path)
     assert response.status_code == 404
     assert f'href="{back}"'.encode() in response.content
@@ -290,7 +311,9 @@ def test_user_without_role_is_refused_pages(run: Run) -> None:
 
 
 def test_start_run_from_workflow_page(op_client: Client, workflow: str) -> None:
-    response = op_client.post(f"/workflows/{workflow}/start/", {"input": '{"n": 7}', "version": "1"})
+    response = op_client.post(
+        f"/workflows/{workflow}/start/", {"input": '{"n": 7}', "version": "1"}
+    )
     run = Run.objects.get()
     assert response["Location"] == f"/runs/{run.pk}/"
     assert run.input == {"n": 7}
@@ -306,7 +329,9 @@ def test_start_run_from_workflow_page(op_client: Client, workflow: str) -> None:
     assert Run.objects.count() == 1
 
 
-def test_decide_intervention_refusal_is_shown(op_client: Client, intervention: Intervention) -> None:
+def test_decide_intervention_refusal_is_shown(
+    op_client: Client, intervention: Intervention
+) -> None:
     response = op_client.post(
         f"/interventions/{intervention.pk}/decide/", {"action": "approve"}, follow=True
     )
@@ -348,7 +373,9 @@ def test_approval_decided_from_the_page(op_client: Client) -> None:
         "interventions_intervention",
     ],
 )
-def test_admin_changelists_render(su_client: Client, intervention: Intervention, model: str) -> None:
+def test_admin_changelists_render(
+    su_client: Client, intervention: Intervention, model: str
+) -> None:
     response = su_client.get(reverse(f"admin:{model}_changelist"))
     assert response.status_code == 200
 

@@ -56,7 +56,8 @@ def _bulk(
         if refused:
             modeladmin.message_user(
                 request,
-                f"Refused {len(refused)} run(s): " + "; ".join(refused[:10])
+                f"Refused {len(refused)} run(s): "
+                + "; ".join(refused[:10])
                 + (" …" if len(refused) > 10 else ""),
                 messages.WARNING,
             )
@@ -79,16 +80,39 @@ class StepAttemptInline(admin.TabularInline):
 @admin.register(Run)
 class RunAdmin(admin.ModelAdmin):
     list_display = [
-        "id", "workflow_name", "workflow_version", "status", "created_at", "started_at", "finished_at",
+        "id",
+        "workflow_name",
+        "workflow_version",
+        "status",
+        "created_at",
+        "started_at",
+        "finished_at",
     ]
     list_filter = ["status", "workflow_name", "created_at"]
     search_fields = ["id", "workflow_name"]
     date_hierarchy = "created_at"
     raw_id_fields = ["definition", "restarted_from", "created_by"]
     readonly_fields = [
-        "id", "definition", "workflow_name", "workflow_version", "status", "input", "output",
-        "error", "faults", "state", "state_version", "event_seq", "due_at", "deadline",
-        "restarted_from", "created_by", "created_at", "started_at", "finished_at", "updated_at",
+        "id",
+        "definition",
+        "workflow_name",
+        "workflow_version",
+        "status",
+        "input",
+        "output",
+        "error",
+        "faults",
+        "state",
+        "state_version",
+        "event_seq",
+        "due_at",
+        "deadline",
+        "restarted_from",
+        "created_by",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "updated_at",
     ]
     inlines = [StepAttemptInline]
     actions = ["pause_runs", "resume_runs", "cancel_runs", "restart_runs"]
@@ -115,7 +139,18 @@ class RunAdmin(admin.ModelAdmin):
 
 @admin.register(StepAttempt)
 class StepAttemptAdmin(admin.ModelAdmin):
-    list_display = ["run", "step", "kind", "step_type", "number", "status", "queued_at", "started_at", "finished_at", "worker"]
+    list_display = [
+        "run",
+        "step",
+        "kind",
+        "step_type",
+        "number",
+        "status",
+        "queued_at",
+        "started_at",
+        "finished_at",
+        "worker",
+    ]
     list_filter = ["status", "kind", "step_type"]
     search_fields = ["step", "run__id", "worker"]
     date_hierarchy = "queued_at"
@@ -146,7 +181,16 @@ class CheckpointAdmin(admin.ModelAdmin):
 
 @admin.register(ErrorRecord)
 class ErrorRecordAdmin(admin.ModelAdmin):
-    list_display = ["type", "short_message", "error_class", "severity", "workflow_name", "step", "attempt", "created_at"]
+    list_display = [
+        "type",
+        "short_message",
+        "error_class",
+        "severity",
+        "workflow_name",
+        "step",
+        "attempt",
+        "created_at",
+    ]
     list_filter = ["error_class", "severity", "retryable", "workflow_name"]
     search_fields = ["type", "message", "fingerprint", "step", "run__id"]
     date_hierarchy = "created_at"

