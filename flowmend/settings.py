@@ -40,7 +40,12 @@ DATA_DIR = Path(os.environ.get("FLOWMEND_DATA_DIR", BASE_DIR / "var"))
 DEBUG = env_bool("DEBUG", EMBEDDED)
 SECRET_KEY = os.environ.get("SECRET_KEY", "")
 if not SECRET_KEY:
-    if not DEBUG and not EMBEDDED and not os.environ.get("CI") and not os.environ.get("PYTEST_VERSION"):
+    if (
+        not DEBUG
+        and not EMBEDDED
+        and not os.environ.get("CI")
+        and not os.environ.get("PYTEST_VERSION")
+    ):
         raise RuntimeError("SECRET_KEY must be set when DEBUG is off")
     SECRET_KEY = "flowmend-insecure-development-key-change-me"  # noqa: S105
 

@@ -12,6 +12,9 @@
 
 All of them need the database; they take the plain ``db`` fixture, so they also work in
 tests that ask for ``transactional_db`` (request that one first).
+
+The runtime fixtures ``worker`` (real Dramatiq worker threads on the configured broker)
+and ``sweeper_thread`` come from ``tests/runtime.py`` and are available everywhere.
 """
 
 from __future__ import annotations
@@ -22,11 +25,18 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.test import Client
 
+from tests.runtime import sweeper_thread, worker  # noqa: F401  (shared fixtures)
 from workflows import auth, services
 from workflows.models import ApiToken, WorkflowDefinition
+
+# Python steps used by the tests live in tests/steps.py (worker processes get this too,
+# through tests.runtime.worker_env).
+if "tests" not in settings.FLOWMEND_PYTHON_MODULES:
+    settings.FLOWMEND_PYTHON_MODULES = [*settings.FLOWMEND_PYTHON_MODULES, "tests"]
 
 SIMPLE_WORKFLOW = """\
 name: simple

@@ -7,6 +7,7 @@ committed data.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -76,8 +77,18 @@ def worker_env() -> dict[str, str]:
 
 def start_worker_process(threads: int = 2) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "dramatiq", "flowmend.dramatiq_entry", "--processes", "1",
-         "--threads", str(threads), "--queues", "flowmend"],
+        [
+            sys.executable,
+            "-m",
+            "dramatiq",
+            "flowmend.dramatiq_entry",
+            "--processes",
+            "1",
+            "--threads",
+            str(threads),
+            "--queues",
+            "flowmend",
+        ],
         cwd=ROOT,
         env=worker_env(),
         start_new_session=True,
@@ -85,8 +96,6 @@ def start_worker_process(threads: int = 2) -> subprocess.Popen[bytes]:
 
 
 def kill_process_group(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
     proc.wait(10)

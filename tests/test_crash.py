@@ -6,12 +6,7 @@ import time
 
 import pytest
 
-from tests.runtime import (  # noqa: F401
-    kill_process_group,
-    start_worker_process,
-    sweeper_thread,
-    wait_for_run,
-)
+from tests.runtime import kill_process_group, start_worker_process, wait_for_run
 from workflows import services
 from workflows.models import RunEvent, StepAttempt
 

@@ -52,7 +52,9 @@ def start_process(args: list[str]) -> subprocess.Popen[bytes]:
 
 
 def start_web(port: int) -> subprocess.Popen[bytes]:
-    return start_process(["-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "flowmend.asgi:application"])
+    return start_process(
+        ["-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "flowmend.asgi:application"]
+    )
 
 
 def start_sweeper() -> subprocess.Popen[bytes]:
@@ -85,7 +87,11 @@ def test_kill_everything_at_random_points(crash_settings):
     _, token = ApiToken.issue(user)
     port = 18000 + rng.randrange(1000)
     procs = {"web": start_web(port), "worker": start_worker_process(), "sweeper": start_sweeper()}
-    starters = {"web": lambda: start_web(port), "worker": start_worker_process, "sweeper": start_sweeper}
+    starters = {
+        "web": lambda: start_web(port),
+        "worker": start_worker_process,
+        "sweeper": start_sweeper,
+    }
     run_ids: list[str] = []
     try:
         deadline = time.monotonic() + 30
@@ -115,7 +121,16 @@ def test_kill_everything_at_random_points(crash_settings):
             RunEvent.objects.filter(run=run, type="step.succeeded").values_list("step", flat=True)
         )
         assert done and max(done.values()) == 1, f"a step completion was recorded twice: {done}"
-        assert set(done) >= {"prepare", "work", "nap", "item[0]", "item[1]", "item[2]", "flaky", "finish"}
+        assert set(done) >= {
+            "prepare",
+            "work",
+            "nap",
+            "item[0]",
+            "item[1]",
+            "item[2]",
+            "flaky",
+            "finish",
+        }
         succeeded = Counter(
             StepAttempt.objects.filter(run=run, status="succeeded").values_list("step", flat=True)
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from interventions.models import Intervention
-from tests.runtime import sweeper_thread, wait_for_run, worker  # noqa: F401
+from tests.runtime import wait_for_run
 from workflows import services
 from workflows.models import RunEvent, StepAttempt
 
@@ -174,8 +174,12 @@ steps:
     on-failure: {retry: {max-attempts: 2}}
 """
     )
-    faults = [{"step": "charge", "attempts": [1, 2], "error": "TimeoutError", "message": "injected"}]
+    faults = [
+        {"step": "charge", "attempts": [1, 2], "error": "TimeoutError", "message": "injected"}
+    ]
     run = wait_for_run(services.start_run(name, faults=faults).pk)
     assert run.status == "succeeded"
-    errors = list(StepAttempt.objects.filter(run=run).order_by("number").values_list("status", flat=True))
+    errors = list(
+        StepAttempt.objects.filter(run=run).order_by("number").values_list("status", flat=True)
+    )
     assert errors == ["failed", "failed", "succeeded"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from django.db import connection
 
-from tests.runtime import wait_for_run, worker  # noqa: F401
+from tests.runtime import wait_for_run
 from workflows import services, store
 from workflows.models import Checkpoint, ErrorRecord, StepAttempt
 
@@ -71,7 +71,11 @@ def test_restore_refuses_other_runs_and_corrupt_checkpoints(worker):
     theirs = other.checkpoints.first()
     with pytest.raises(services.ServiceError) as err:
         services.restore(run.pk, theirs.pk)
-    assert err.value.status == 400 and "another run" in err.value.message or "belongs" in err.value.message
+    assert (
+        err.value.status == 400
+        and "another run" in err.value.message
+        or "belongs" in err.value.message
+    )
     mine = run.checkpoints.first()
     Checkpoint.objects.filter(pk=mine.pk).update(checksum="0" * 64)
     with pytest.raises(services.ServiceError) as err:

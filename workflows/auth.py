@@ -32,6 +32,10 @@ ACTIONS: dict[str, str] = {
     "retry": "operator",
     "skip": "operator",
     "decide": "operator",
+    "resume_from": "operator",
+    "breakpoint": "operator",
+    "checkpoint": "operator",
+    "migrate": "operator",
     "save_workflow": "admin",
     "inject_faults": "admin",
 }
@@ -48,6 +52,10 @@ _PHRASES = {
     "retry": "retry steps",
     "skip": "skip steps",
     "decide": "decide interventions",
+    "resume_from": "resume runs from a step",
+    "breakpoint": "set breakpoints",
+    "checkpoint": "take checkpoints",
+    "migrate": "migrate runs to another version",
     "save_workflow": "save workflows",
     "inject_faults": "inject faults",
 }

@@ -423,7 +423,9 @@ class _Work:
         return self.nodes[self.steps[name]["base"]]
 
     # expression context ---------------------------------------------------
-    def context(self, name: str | None = None, error: dict[str, Any] | None = None) -> dict[str, Any]:
+    def context(
+        self, name: str | None = None, error: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         steps_view: dict[str, Any] = {
             n: {"status": "pending", "output": None, "error": None} for n in self.nodes
         }
@@ -771,7 +773,10 @@ def _on_decided(w: _Work, e: InterventionDecided) -> None:
             w.commands.append(CloseAttempt(e.step, st["attempt"], "succeeded", decision))
             _succeed(w, e.step, decision, st["attempt"])
         elif e.action == "reject":
-            error = {"type": "Rejected", "message": e.comment or f"rejected by {e.by or 'operator'}"}
+            error = {
+                "type": "Rejected",
+                "message": e.comment or f"rejected by {e.by or 'operator'}",
+            }
             w.commands.append(CloseAttempt(e.step, st["attempt"], "failed", None, error))
             _fail_step(w, e.step, st["attempt"], error, 1.0)
         else:
@@ -811,8 +816,10 @@ def _reopen(w: _Work) -> None:
     """A failed run that an operator retries or skips a step of goes back to work."""
     if w.state["phase"] == "main":
         return
-    if w.state["phase"] != "done" or w.state.get("final") != "failed" or w.state.get(
-        "compensations"
+    if (
+        w.state["phase"] != "done"
+        or w.state.get("final") != "failed"
+        or w.state.get("compensations")
     ):
         raise EngineError("only a run that failed without compensating can be reopened")
     w.state.update(phase="main", error=None, final=None, finished=None)
@@ -940,8 +947,14 @@ def _back_to_main(w: _Work) -> None:
         elif st["status"] == "cancelled":
             w.step(name).update(status="pending", finished=None)
     w.state.update(
-        phase="main", error=None, final=None, finished=None, paused=False, cancelled=False,
-        compensations=[], output=None,
+        phase="main",
+        error=None,
+        final=None,
+        finished=None,
+        paused=False,
+        cancelled=False,
+        compensations=[],
+        output=None,
     )
     w.state["deadline"] = w.now + w.spec.settings.timeout
 
@@ -1035,7 +1048,9 @@ def _on_resume_from(w: _Work, e: ResumeFromStep) -> None:
     for anc in _ancestors(w, e.step):
         if w.steps[anc]["status"] != "pending":
             w.step(anc).update(status="running", finished=None, output=w.steps[anc]["output"])
-    w.state["completed"] = [n for n in w.state.get("completed", []) if n in w.steps and n not in reset]
+    w.state["completed"] = [
+        n for n in w.state.get("completed", []) if n in w.steps and n not in reset
+    ]
     was_paused = w.state.get("paused", False)
     _back_to_main(w)
     w.state["paused"] = False if w.state.get("status") == "paused" else was_paused
@@ -1086,8 +1101,17 @@ def unmapped_steps(spec: WorkflowSpec, state: dict[str, Any]) -> list[str]:
 
 
 STEP_STATUSES = frozenset(
-    {"pending", "queued", "running", "retrying", "succeeded", "failed", "skipped", "cancelled",
-     "compensated"}
+    {
+        "pending",
+        "queued",
+        "running",
+        "retrying",
+        "succeeded",
+        "failed",
+        "skipped",
+        "cancelled",
+        "compensated",
+    }
 )
 PHASES = frozenset({"new", "main", "handlers", "compensating", "done"})
 _STEP_KEYS = ("base", "suffix", "kind", "scope", "status", "attempt")
@@ -1166,20 +1190,22 @@ def _advance_once(w: _Work) -> bool:
                     return True
                 _start(w, name)
                 progressed = True
-        elif status == "running" and st["kind"] == "flow":
-            if _flow_done(w, name):
-                _finish_flow(w, name)
-                progressed = True
-        elif status == "failed" and st["kind"] in ("action", "approval"):
-            if (
+        elif status == "running" and st["kind"] == "flow" and _flow_done(w, name):
+            _finish_flow(w, name)
+            progressed = True
+        elif (
+            status == "failed"
+            and st["kind"] in ("action", "approval")
+            and (
                 not st.get("fallback_done")
                 and f"{name}/fallback" in _scopes(w)
                 and _sequence_done(w, f"{name}/fallback")
-            ):
-                w.step(name)["fallback_done"] = True
-                w.emit("step.fallback_done", name)
-                _resolve_failure(w, name)
-                progressed = True
+            )
+        ):
+            w.step(name)["fallback_done"] = True
+            w.emit("step.fallback_done", name)
+            _resolve_failure(w, name)
+            progressed = True
     if phase == "handlers" and _sequence_done(w, "/handlers"):
         _after_handlers(w)
         progressed = progressed or w.state["phase"] != "handlers"
@@ -1188,7 +1214,11 @@ def _advance_once(w: _Work) -> bool:
 
 def _at_breakpoint(w: _Work, name: str) -> bool:
     points = w.state.get("breakpoints") or []
-    hit = name if name in points else (w.steps[name]["base"] if w.steps[name]["base"] in points else None)
+    hit = (
+        name
+        if name in points
+        else (w.steps[name]["base"] if w.steps[name]["base"] in points else None)
+    )
     if hit is None:
         return False
     w.state["breakpoints"] = [p for p in points if p != hit]
@@ -1298,9 +1328,7 @@ def _condition_error(w: _Work, name: str, exc: Exception) -> None:
     st["attempt"] = st["attempt"] + 1
     error = {"type": "ExpressionError", "message": str(exc)}
     st.update(status="running", started=w.now)
-    w.commands.append(
-        RecordAttempt(name, st["attempt"], st["kind"], w.node(name).spec.type, None)
-    )
+    w.commands.append(RecordAttempt(name, st["attempt"], st["kind"], w.node(name).spec.type, None))
     w.commands.append(CloseAttempt(name, st["attempt"], "failed", None, error))
     _fail_step(w, name, st["attempt"], error, 1.0)
 
@@ -1367,7 +1395,9 @@ def _start_approval(w: _Work, name: str) -> None:
     prompt = str(rendered.get("prompt") or f"Approve step {name}?")
     w.commands.append(RecordAttempt(name, attempt, "approval", "approval", rendered))
     w.commands.append(
-        OpenIntervention(name, "approval", f"Approval needed: {prompt}", ("approve", "reject"), prompt)
+        OpenIntervention(
+            name, "approval", f"Approval needed: {prompt}", ("approve", "reject"), prompt
+        )
     )
     w.emit("step.awaiting_approval", name, attempt, prompt=prompt)
 
@@ -1412,16 +1442,20 @@ def _start_foreach(w: _Work, name: str) -> None:
         suffix = f"{st['suffix']}[{i}]"
         iterations[suffix] = {"item": item, "index": i}
         for s in node.spec.steps:
-            w.new_step(_instance(s.name, suffix), s.name, suffix, w.nodes[s.name].kind,
-                       f"{name}/{i}")
+            w.new_step(
+                _instance(s.name, suffix), s.name, suffix, w.nodes[s.name].kind, f"{name}/{i}"
+            )
     w.state["iterations"] = iterations
     w.emit("step.foreach", name, items=len(items))
 
 
 def _flow_done(w: _Work, name: str) -> bool:
     prefix = name + "/"
-    children = [s for s in w.steps.values() if s["scope"].startswith(prefix)
-                and s["scope"].count("/") == 1 + name.count("/")]
+    children = [
+        s
+        for s in w.steps.values()
+        if s["scope"].startswith(prefix) and s["scope"].count("/") == 1 + name.count("/")
+    ]
     for s in children:
         if s["status"] in DONE:
             continue
@@ -1475,20 +1509,23 @@ def _derive_status(w: _Work) -> str:
     if phase == "compensating":
         return "compensating"
     steps = w.steps.values()
-    if any(s.get("escalated") or (s["kind"] == "approval" and s["status"] == "running")
-           for s in steps):
+    if any(
+        s.get("escalated") or (s["kind"] == "approval" and s["status"] == "running") for s in steps
+    ):
         return "awaiting_intervention"
     if w.state.get("paused"):
         return "paused"
     if phase == "handlers":
         return "running"
-    busy = any(s["status"] in ("queued", "running") and s["kind"] != "flow"
-               and not (s["due"] is not None and s["status"] == "running") for s in steps)
+    busy = any(
+        s["status"] in ("queued", "running")
+        and s["kind"] != "flow"
+        and not (s["due"] is not None and s["status"] == "running")
+        for s in steps
+    )
     if busy:
         return "running"
-    long_timer = any(
-        s["due"] is not None and s["status"] in ("retrying", "running") for s in steps
-    )
+    long_timer = any(s["due"] is not None and s["status"] in ("retrying", "running") for s in steps)
     short_only = all(
         s["due"] is None or s["due"] - w.now <= w.short_wait
         for s in steps

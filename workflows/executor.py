@@ -110,7 +110,9 @@ def execute(attempt_id: int) -> None:
         claim_next = WORKER_ID if time.monotonic() < slice_end else None
         try:
             applied = apply(
-                attempt.run_id, lambda run, r=report, a=attempt: _event_for(a, r), report=report,
+                attempt.run_id,
+                lambda run, r=report, a=attempt: _event_for(a, r),
+                report=report,
                 claim_for=claim_next,
             )
         except RunNotFound:

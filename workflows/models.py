@@ -63,7 +63,9 @@ class WorkflowDefinition(models.Model):
 
 class Run(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    definition = models.ForeignKey(WorkflowDefinition, on_delete=models.PROTECT, related_name="runs")
+    definition = models.ForeignKey(
+        WorkflowDefinition, on_delete=models.PROTECT, related_name="runs"
+    )
     workflow_name = models.CharField(max_length=100)
     workflow_version = models.PositiveIntegerField()
     status = models.CharField(max_length=32, choices=RunStatus.choices, default=RunStatus.PENDING)
@@ -95,7 +97,9 @@ class Run(models.Model):
         indexes = [
             models.Index(fields=["status", "-created_at"], name="run_status_created"),
             models.Index(fields=["workflow_name", "-created_at"], name="run_workflow_created"),
-            models.Index(fields=["due_at"], name="run_due", condition=models.Q(due_at__isnull=False)),
+            models.Index(
+                fields=["due_at"], name="run_due", condition=models.Q(due_at__isnull=False)
+            ),
         ]
 
     def __str__(self) -> str:
@@ -235,7 +239,9 @@ def _hash_token(raw: str) -> str:
 class ApiToken(models.Model):
     """A bearer token. Only its sha256 is stored; the raw token is shown once."""
 
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
     key_hash = models.CharField(max_length=64, unique=True)
     prefix = models.CharField(max_length=8)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -152,19 +152,23 @@ def steps(run: Run, attempts: Iterable[StepAttempt] | None = None) -> list[dict[
     for name in step_order(run, positions):
         st = state_steps[name]
         base = st.get("base", name)
+        mine = sorted(by_step.get(name, []), key=_number)
+        status = st.get("status", "pending")
+        if status == "queued" and mine and mine[-1].status == "running":
+            status = "running"  # a worker has claimed the attempt the engine queued
         out.append(
             {
                 "name": name,
                 "base": base,
                 "type": types.get(base, ""),
                 "kind": st.get("kind", "action"),
-                "status": st.get("status", "pending"),
+                "status": status,
                 "output": st.get("output"),
                 "error": st.get("error"),
                 "scope": st.get("scope", ""),
                 "started_at": _dt(st.get("started")),
                 "finished_at": _dt(st.get("finished")),
-                "attempts": [attempt(a) for a in sorted(by_step.get(name, []), key=_number)],
+                "attempts": [attempt(a) for a in mine],
             }
         )
     return out

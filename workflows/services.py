@@ -14,7 +14,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from interventions.models import Intervention
-from workflows import engine, spec as spec_mod, store
+from workflows import engine, store
+from workflows import spec as spec_mod
 from workflows.models import Checkpoint, Run, WorkflowDefinition
 
 
@@ -89,16 +90,21 @@ def _check_faults(faults: Any) -> list[dict[str, Any]]:
         return []
     errors = []
     if not isinstance(faults, list):
-        raise ServiceError(400, "faults must be a list", [{"path": "faults", "message": "must be a list"}])
+        raise ServiceError(
+            400, "faults must be a list", [{"path": "faults", "message": "must be a list"}]
+        )
     for i, fault in enumerate(faults):
         if not isinstance(fault, dict) or not isinstance(fault.get("step"), str):
             errors.append({"path": f"faults[{i}].step", "message": "required: a step name"})
             continue
         attempts = fault.get("attempts")
         if attempts is not None and (
-            not isinstance(attempts, list) or not all(isinstance(a, int) and a >= 1 for a in attempts)
+            not isinstance(attempts, list)
+            or not all(isinstance(a, int) and a >= 1 for a in attempts)
         ):
-            errors.append({"path": f"faults[{i}].attempts", "message": "must be a list of integers >= 1"})
+            errors.append(
+                {"path": f"faults[{i}].attempts", "message": "must be a list of integers >= 1"}
+            )
     if errors:
         raise ServiceError(400, "faults are not valid", errors)
     return faults
@@ -115,6 +121,8 @@ def start_run(
     definition = get_definition(workflow, version)
     data = {} if input is None else input
     spec = store.spec_for(definition)
+    if spec.inputs and isinstance(data, dict):
+        data = _with_defaults(spec.inputs, data)
     if spec.inputs:
         validator = jsonschema.Draft202012Validator(spec.inputs)
         problems = sorted(validator.iter_errors(data), key=lambda e: list(e.path))
@@ -123,7 +131,11 @@ def start_run(
                 400,
                 "the input does not match the workflow's inputs schema",
                 [
-                    {"path": "input" + "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in e.path), "message": e.message}
+                    {
+                        "path": "input"
+                        + "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in e.path),
+                        "message": e.message,
+                    }
                     for e in problems
                 ],
             )
@@ -155,6 +167,18 @@ def start_run(
         )
     run.refresh_from_db()
     return run
+
+
+def _with_defaults(schema: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    """Fill the top-level `default`s of an object schema into the input."""
+    properties = schema.get("properties") if schema.get("type", "object") == "object" else None
+    if not isinstance(properties, dict):
+        return data
+    filled = dict(data)
+    for key, prop in properties.items():
+        if key not in filled and isinstance(prop, dict) and "default" in prop:
+            filled[key] = prop["default"]
+    return filled
 
 
 def get_run(run_id: Any) -> Run:
@@ -213,7 +237,7 @@ def _require_step(run_id: Any, step: str) -> None:
 def restart(run_id: Any, user: Any = None, input: Any = None) -> Run:
     """A new run of the same workflow version, from a clean state, linked to the old one."""
     old = get_run(run_id)
-    return start_run(
+    new = start_run(
         old.workflow_name,
         old.workflow_version,
         old.input if input is None else input,
@@ -221,6 +245,13 @@ def restart(run_id: Any, user: Any = None, input: Any = None) -> Run:
         user,
         restarted_from=old,
     )
+    store.record_event(
+        old.pk,
+        "run.restarted",
+        _actor(user),
+        {"new_run": str(new.pk), "input_edited": input is not None and input != old.input},
+    )
+    return new
 
 
 # --------------------------------------------------------------------------- interventions
@@ -266,9 +297,11 @@ def decide(
             record(intervention.run)
             if action == "restore":
                 if checkpoint is None:
-                    newest = intervention.run.checkpoints.filter(valid=True).order_by(
-                        "-created_at", "-pk"
-                    ).first()
+                    newest = (
+                        intervention.run.checkpoints.filter(valid=True)
+                        .order_by("-created_at", "-pk")
+                        .first()
+                    )
                     if newest is None:
                         raise ServiceError(409, "the run has no valid checkpoint to restore")
                     checkpoint = newest.pk
@@ -341,7 +374,9 @@ def preview_resume_from(run_id: Any, step: str) -> dict[str, list[str]]:
     run = get_run(run_id)
     _require_step(run_id, step)
     again = engine.downstream_of(store.spec_for(run.definition), run.state, step)
-    kept = [n for n, st in run.state["steps"].items() if n not in again and st["status"] == "succeeded"]
+    kept = [
+        n for n, st in run.state["steps"].items() if n not in again and st["status"] == "succeeded"
+    ]
     return {"run_again": sorted(again), "kept": kept}
 
 
@@ -358,7 +393,9 @@ def migrate(run_id: Any, version: int, user: Any = None) -> Run:
     """Move a paused or failed run to another version of its workflow."""
     run = get_run(run_id)
     if run.status not in ("paused", "failed"):
-        raise ServiceError(409, f"only a paused or failed run can be migrated; this one is {run.status}")
+        raise ServiceError(
+            409, f"only a paused or failed run can be migrated; this one is {run.status}"
+        )
     target = get_definition(run.workflow_name, version)
     if target.pk == run.definition_id:
         raise ServiceError(409, f"the run is already on version {version}")

@@ -23,7 +23,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from interventions.models import Intervention
-from workflows import engine, spec as spec_mod
+from workflows import engine
+from workflows import spec as spec_mod
 from workflows.models import (
     Checkpoint,
     ErrorRecord,
@@ -374,6 +375,39 @@ def _after_commit(
     transaction.on_commit(send)
 
 
+def record_event(run_id: Any, type: str, actor: str = "", data: dict[str, Any] | None = None) -> RunEvent:
+    """Append one event to a run's history without touching its state (e.g. ``run.restarted``).
+
+    Takes the row lock, so ``seq`` stays gap-free and ordered with the engine's events.
+    """
+    with transaction.atomic():
+        try:
+            run = Run.objects.select_for_update(of=("self",)).get(pk=run_id)
+        except Run.DoesNotExist as exc:
+            raise RunNotFound(str(run_id)) from exc
+        run.event_seq += 1
+        event = RunEvent.objects.create(
+            run=run,
+            seq=run.event_seq,
+            type=type,
+            at=timezone.now(),
+            actor=actor,
+            state_version=run.state_version,
+            data=_jsonable(data or {}),
+        )
+        Run.objects.filter(pk=run.pk).update(event_seq=run.event_seq, updated_at=event.at)
+
+        def notify() -> None:
+            for listener in run_changed_listeners:
+                try:
+                    listener(run, [event])
+                except Exception:  # a broken listener never breaks the engine
+                    log.exception("run listener failed")
+
+        transaction.on_commit(notify)
+    return event
+
+
 def _open_intervention(run: Run, cmd: engine.OpenIntervention, now: datetime) -> None:
     spec = spec_for(run.definition)
     expires = now + timedelta(seconds=spec.settings.interventions.timeout)
@@ -519,9 +553,9 @@ def claim(attempt_id: int, worker: str) -> StepAttempt | None:
     """queued -> running with a lease. None when someone else has it (duplicate delivery)."""
     now = timezone.now()
     lease = now + timedelta(seconds=settings.FLOWMEND_LEASE_SECONDS)
-    updated = StepAttempt.objects.filter(
-        pk=attempt_id, status="queued"
-    ).update(status="running", worker=worker, started_at=now, lease_until=lease)
+    updated = StepAttempt.objects.filter(pk=attempt_id, status="queued").update(
+        status="running", worker=worker, started_at=now, lease_until=lease
+    )
     if not updated:
         return None
     return StepAttempt.objects.select_related("run").get(pk=attempt_id)

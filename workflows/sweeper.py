@@ -100,7 +100,9 @@ def requeue_expired_leases() -> int:
             n += 1
             continue
         with transaction.atomic():
-            updated = StepAttempt.objects.filter(pk=pk, status="running", lease_until__lt=now).update(
+            updated = StepAttempt.objects.filter(
+                pk=pk, status="running", lease_until__lt=now
+            ).update(
                 status="queued",
                 worker="",
                 lease_until=None,
@@ -127,8 +129,9 @@ def _lost_event(attempt_id: int, step: str) -> engine.Event:
 def redispatch_lost() -> int:
     now = timezone.now()
     stale = list(
-        StepAttempt.objects.filter(status="queued", queued_at__lt=now - REDISPATCH_AFTER)
-        .values_list("pk", flat=True)[:1000]
+        StepAttempt.objects.filter(
+            status="queued", queued_at__lt=now - REDISPATCH_AFTER
+        ).values_list("pk", flat=True)[:1000]
     )
     for pk in stale:
         StepAttempt.objects.filter(pk=pk, status="queued").update(
@@ -142,8 +145,10 @@ def fail_overdue_attempts() -> int:
     """An attempt whose thread ignored its timeout (blocked in a system call)."""
     now = timezone.now()
     n = 0
-    for attempt in StepAttempt.objects.filter(status="running").exclude(worker="engine").only(
-        "pk", "run_id", "step", "number", "started_at", "timeout_seconds"
+    for attempt in (
+        StepAttempt.objects.filter(status="running")
+        .exclude(worker="engine")
+        .only("pk", "run_id", "step", "number", "started_at", "timeout_seconds")
     ):
         if attempt.started_at is None:
             continue
@@ -179,9 +184,11 @@ def fire_due_timers() -> int:
 def enforce_run_timeouts() -> int:
     now = timezone.now()
     n = 0
-    for run_id in Run.objects.filter(deadline__lt=now).exclude(
-        status__in=TERMINAL_RUN_STATUSES
-    ).values_list("pk", flat=True)[:1000]:
+    for run_id in (
+        Run.objects.filter(deadline__lt=now)
+        .exclude(status__in=TERMINAL_RUN_STATUSES)
+        .values_list("pk", flat=True)[:1000]
+    ):
         store.apply(run_id, lambda r: engine.RunTimedOut(time.time()), "sweeper")
         n += 1
     return n

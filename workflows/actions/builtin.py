@@ -76,7 +76,9 @@ def python(params: dict[str, Any], context: StepContext) -> Any:
     target = str(params.get("function", ""))
     module_name, _, attr = target.partition(":")
     if not module_name or not attr:
-        raise StepFailure("ValidationError", f"function must be 'module.path:callable', got {target!r}")
+        raise StepFailure(
+            "ValidationError", f"function must be 'module.path:callable', got {target!r}"
+        )
     if not _allowed(module_name):
         raise StepFailure(
             "PermissionError",

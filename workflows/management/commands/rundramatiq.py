@@ -19,8 +19,15 @@ class Command(BaseCommand):
             )
             sys.exit(2)
         argv = [
-            sys.executable, "-m", "dramatiq", "flowmend.dramatiq_entry",
-            "--processes", str(options["processes"]), "--threads", str(options["threads"]),
-            "--queues", "flowmend",
+            sys.executable,
+            "-m",
+            "dramatiq",
+            "flowmend.dramatiq_entry",
+            "--processes",
+            str(options["processes"]),
+            "--threads",
+            str(options["threads"]),
+            "--queues",
+            "flowmend",
         ]
         os.execv(sys.executable, argv)

@@ -7,7 +7,9 @@ from workflows import sweeper
 
 
 class Command(BaseCommand):
-    help = "Run the sweeper: requeue lost work, fire timers, enforce timeouts (one active at a time)."
+    help = (
+        "Run the sweeper: requeue lost work, fire timers, enforce timeouts (one active at a time)."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--interval", type=float, default=None, help="seconds between passes")
