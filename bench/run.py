@@ -161,7 +161,9 @@ def stop_process(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="fewer steps and runs (smoke test)")
     parser.add_argument(
         "--broker",
@@ -169,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
         default="both",
         help="which broker(s) to measure; 'both' skips RabbitMQ when it is unreachable",
     )
-    parser.add_argument("--profile", action="store_true", help="cProfile the in-process step-cost run")
+    parser.add_argument(
+        "--profile", action="store_true", help="cProfile the in-process step-cost run"
+    )
     parser.add_argument("--out", default=str(RESULTS / "latest.json"))
     parser.add_argument("--child", help=argparse.SUPPRESS)  # redis | rabbitmq | cost
     parser.add_argument("--child-out", help=argparse.SUPPRESS)
@@ -201,7 +205,10 @@ def main(argv: list[str] | None = None) -> int:
         "worker": {"processes": 1, "threads": THREADS},
         "database_url": env["DATABASE_URL"],
         "machine": machine(),
-        "targets": {"latency_ratio_max": TARGET_RATIO, "throughput_min_steps_per_s": TARGET_THROUGHPUT},
+        "targets": {
+            "latency_ratio_max": TARGET_RATIO,
+            "throughput_min_steps_per_s": TARGET_THROUGHPUT,
+        },
         "inline_slice_s": float(env.get("FLOWMEND_INLINE_SLICE_SECONDS", "0.5")),
         "brokers": {},
     }
@@ -257,7 +264,9 @@ def verdict(ok: bool) -> str:
 
 def print_summary(results: dict[str, Any]) -> None:
     print("\n" + "=" * 78)
-    print(f"Flowmend bench  ({'quick' if results['quick'] else 'full'}; 1 worker process x {THREADS} threads)")
+    print(
+        f"Flowmend bench  ({'quick' if results['quick'] else 'full'}; 1 worker process x {THREADS} threads)"
+    )
     print(f"machine: {results['machine']['cpus']} CPUs, {results['machine']['cpu']}")
     for name, r in results["brokers"].items():
         a, b, c = r["chain"], r["throughput"], r["floor"]
@@ -272,7 +281,9 @@ def print_summary(results: dict[str, Any]) -> None:
             f"  (b) {b['runs']} x {b['steps_per_run']}-step runs: {b['steps_per_s']:.0f} steps/s "
             f"({b['steps']} steps in {b['wall_s']:.2f} s; starting them took {b['submit_s']:.2f} s)"
         )
-        print(f"  (c) floor, {c['hops']} hops: median {c['median_ms']:.2f} ms, p95 {c['p95_ms']:.2f} ms per hop")
+        print(
+            f"  (c) floor, {c['hops']} hops: median {c['median_ms']:.2f} ms, p95 {c['p95_ms']:.2f} ms per hop"
+        )
         print(
             f"  ratio Flowmend/floor: median {r['ratio_median']:.2f}x, p95 {r['ratio_p95']:.2f}x "
             f"(target <= {TARGET_RATIO:g}x: {verdict(r['latency_target_met'])})"
@@ -320,10 +331,6 @@ def print_summary(results: dict[str, Any]) -> None:
 def child_main(args: argparse.Namespace) -> int:
     """One broker (or the in-process cost run) in its own process: its own Django, its own broker."""
 
-    def on_term(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
     logging.getLogger("pika").setLevel(logging.ERROR)  # purging undeclared queues is fine
     sys.path.insert(0, str(ROOT))
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "flowmend.settings")
@@ -371,8 +378,18 @@ class BrokerBench:
         log = RESULTS / f"worker-{self.name}-{module.rsplit('.', 1)[-1]}.log"
         with log.open("ab") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "dramatiq", module, "--processes", "1",
-                 "--threads", str(THREADS), "--queues", queue],
+                [
+                    sys.executable,
+                    "-m",
+                    "dramatiq",
+                    module,
+                    "--processes",
+                    "1",
+                    "--threads",
+                    str(THREADS),
+                    "--queues",
+                    queue,
+                ],
                 cwd=ROOT,
                 env=self.env,
                 stdout=out,
@@ -393,19 +410,26 @@ class BrokerBench:
             self.stop_workers()
 
     def _run(self) -> dict[str, Any]:
-        from bench import floor  # sets the global broker; Flowmend's actors keep theirs
         import dramatiq
+
+        from bench import floor  # sets the global broker; Flowmend's actors keep theirs
 
         dramatiq.set_broker(self.broker)
         floor.create_table(self.dsn)
         self.save_workflows()
 
         chain = self.measured(self.chain, "flowmend")
-        print(f"  (a) chain: median {chain['median_ms']:.2f} ms, p95 {chain['p95_ms']:.2f} ms", flush=True)
+        print(
+            f"  (a) chain: median {chain['median_ms']:.2f} ms, p95 {chain['p95_ms']:.2f} ms",
+            flush=True,
+        )
         throughput = self.measured(self.throughput, "flowmend")
         print(f"  (b) throughput: {throughput['steps_per_s']:.0f} steps/s", flush=True)
         floor_r = self.measured(self.floor, "floor")
-        print(f"  (c) floor: median {floor_r['median_ms']:.2f} ms, p95 {floor_r['p95_ms']:.2f} ms", flush=True)
+        print(
+            f"  (c) floor: median {floor_r['median_ms']:.2f} ms, p95 {floor_r['p95_ms']:.2f} ms",
+            flush=True,
+        )
         ratio_median = chain["median_ms"] / floor_r["median_ms"]
         ratio_p95 = chain["p95_ms"] / floor_r["p95_ms"]
         return {
@@ -454,7 +478,9 @@ class BrokerBench:
                     raise RuntimeError(f"bench runs ended {bad}")
                 return
             if time.monotonic() > deadline:
-                raise TimeoutError(f"runs not finished after {timeout:.0f} s: {sorted(set(statuses))}")
+                raise TimeoutError(
+                    f"runs not finished after {timeout:.0f} s: {sorted(set(statuses))}"
+                )
             time.sleep(0.05)
 
     def chain_run(self, steps: int, timeout: float) -> list[float]:
@@ -463,8 +489,10 @@ class BrokerBench:
 
         run = services.start_run(f"bench-chain-{steps}")
         self.wait_runs([run.pk], timeout)
-        finished = StepAttempt.objects.filter(run=run).order_by("finished_at").values_list(
-            "finished_at", flat=True
+        finished = (
+            StepAttempt.objects.filter(run=run)
+            .order_by("finished_at")
+            .values_list("finished_at", flat=True)
         )
         return [t.timestamp() for t in finished]
 
@@ -485,7 +513,9 @@ class BrokerBench:
         ids = [services.start_run(f"bench-chain-{per}").pk for _ in range(runs)]
         submit = time.monotonic() - t0
         self.wait_runs(ids, timeout=120)
-        span = Run.objects.filter(pk__in=ids).aggregate(first=Min("started_at"), last=Max("finished_at"))
+        span = Run.objects.filter(pk__in=ids).aggregate(
+            first=Min("started_at"), last=Max("finished_at")
+        )
         steps = StepAttempt.objects.filter(run_id__in=ids, status="succeeded").count()
         wall = (span["last"] - span["first"]).total_seconds()
         return {
@@ -510,13 +540,16 @@ class BrokerBench:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             while True:
                 row = conn.execute(
-                    f"SELECT hops FROM {floor.TABLE} WHERE id = %s", (chain_id,)  # noqa: S608
+                    f"SELECT hops FROM {floor.TABLE} WHERE id = %s",
+                    (chain_id,),  # noqa: S608
                 ).fetchone()
                 times = list(row[0]) if row else []
                 if len(times) >= hops:
                     return times
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"floor chain made {len(times)} of {hops} hops in {timeout:.0f} s")
+                    raise TimeoutError(
+                        f"floor chain made {len(times)} of {hops} hops in {timeout:.0f} s"
+                    )
                 time.sleep(0.05)
 
     def floor(self) -> dict[str, Any]:
@@ -525,7 +558,14 @@ class BrokerBench:
         return {"hops": n, **latency_summary(times)}
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _interrupt)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started in the background
+        signal.signal(signal.SIGINT, _interrupt)
     try:
         sys.exit(main())
     except KeyboardInterrupt:

@@ -97,7 +97,9 @@ def _workflow(n: int, policy: str | None) -> str:
     return f"name: {name}\n{settings}steps:\n{steps}\n", name
 
 
-def run_chain(n: int, policy: str | None = None, profile: cProfile.Profile | None = None) -> dict[str, Any]:
+def run_chain(
+    n: int, policy: str | None = None, profile: cProfile.Profile | None = None
+) -> dict[str, Any]:
     from django.conf import settings
     from django.db import connection
 
@@ -145,7 +147,10 @@ def run_chain(n: int, policy: str | None = None, profile: cProfile.Profile | Non
     kind_time: Counter[str] = Counter()
     for kind, s, _ in rec.statements:
         kind_time[kind] += s
-    sql_in = {phase: sum(s for _, s, p in rec.statements if p == phase) for phase in ("decide", "checkpoint")}
+    sql_in = {
+        phase: sum(s for _, s, p in rec.statements if p == phase)
+        for phase in ("decide", "checkpoint")
+    }
     return {
         "workflow": name,
         "checkpoint_policy": policy or "after-each-step (default)",
@@ -227,8 +232,14 @@ def measure(n: int, profile: bool = False, results_dir: Path | None = None) -> d
 def _top(prof: cProfile.Profile, count: int) -> list[dict[str, Any]]:
     stats = pstats.Stats(prof)
     rows = []
-    for (file, line, func), (cc, nc, tt, ct, _) in stats.stats.items():  # type: ignore[attr-defined]
-        rows.append({"function": f"{Path(file).name}:{line}:{func}", "calls": nc,
-                     "tottime_ms": round(tt * 1000, 2), "cumtime_ms": round(ct * 1000, 2)})
+    for (file, line, func), (_cc, nc, tt, ct, _) in stats.stats.items():  # type: ignore[attr-defined]
+        rows.append(
+            {
+                "function": f"{Path(file).name}:{line}:{func}",
+                "calls": nc,
+                "tottime_ms": round(tt * 1000, 2),
+                "cumtime_ms": round(ct * 1000, 2),
+            }
+        )
     rows.sort(key=lambda r: r["tottime_ms"], reverse=True)
     return rows[:count]

@@ -22,11 +22,13 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST
 from django_htmx.http import HttpResponseClientRefresh
 
 from interventions.models import Intervention
-from workflows import auth, engine, services
+from monitoring import bulk, graph, run_filters
+from workflows import auth, services, store
 from workflows.models import (
     TERMINAL_RUN_STATUSES,
     ErrorRecord,
@@ -36,7 +38,6 @@ from workflows.models import (
     WorkflowDefinition,
 )
 
-RUN_LIST_LIMIT = 100
 EVENT_LIMIT = 500
 WORKFLOW_NAME_RE = re.compile(r"^[a-z0-9_-]{1,100}$")
 
@@ -77,10 +78,10 @@ def not_found(request: HttpRequest, message: str, back_url: str, back_label: str
 # --------------------------------------------------------------------------- overview
 
 
-@viewer_required
-def overview(request: HttpRequest) -> HttpResponse:
+def overview_context() -> dict[str, Any]:
+    """The overview's figures; also rendered by the dashboard socket on each change."""
     counts = dict(Run.objects.values_list("status").annotate(n=Count("id")).order_by())
-    context = {
+    return {
         "status_counts": [(status, counts.get(status, 0)) for status in RunStatus.values],
         "total_runs": sum(counts.values()),
         "open_interventions": Intervention.objects.filter(status="open").count(),
@@ -88,49 +89,67 @@ def overview(request: HttpRequest) -> HttpResponse:
         "recent_interventions": Intervention.objects.filter(status="open").select_related("run")[
             :5
         ],
+        # LIVE-TODO(stats): figures from monitoring.stats / charts go here when they land
         "now": timezone.now(),
     }
-    return render(request, "overview.html", context)
+
+
+@viewer_required
+def overview(request: HttpRequest) -> HttpResponse:
+    return render(request, "overview.html", overview_context())
 
 
 # --------------------------------------------------------------------------- runs
 
 
-def _run_filters(request: HttpRequest) -> tuple[dict[str, str], list[str]]:
-    """Valid filters from the query string, and a note for each one ignored."""
-    filters: dict[str, str] = {}
-    notes: list[str] = []
-    status = request.GET.get("status", "").strip()
-    if status:
-        if status in RunStatus.values:
-            filters["status"] = status
-        else:
-            notes.append(f"Ignored status filter {status[:50]!r}: not a run status.")
-    workflow = request.GET.get("workflow", "").strip()
-    if workflow:
-        if WORKFLOW_NAME_RE.match(workflow):
-            filters["workflow_name"] = workflow
-        else:
-            notes.append(f"Ignored workflow filter {workflow[:50]!r}: not a workflow name.")
-    return filters, notes
+@viewer_required
+def run_list(request: HttpRequest) -> HttpResponse:
+    filters = run_filters.parse(request.GET)
+    runs, next_cursor = filters.page()
+    context = {
+        "runs": runs,
+        "filters": filters,
+        "notes": filters.notes,
+        "next_cursor": next_cursor,
+        "filter_query": filters.query_string(),
+        "ws_query": filters.query_string(page="runs", **(
+            {"after": request.GET["after"]} if filters.cursor else {}
+        )),
+        "statuses": RunStatus.values,
+        "workflow_names": sorted(set(WorkflowDefinition.objects.values_list("name", flat=True))),
+        "bulk_actions": [a for a in bulk.ACTIONS if auth.can(request.user, a)],
+        "selectable": True,
+        "now": timezone.now(),
+    }
+    if request.htmx:
+        return render(request, "runs/list.html#table", context)
+    return render(request, "runs/list.html", context)
 
 
 @viewer_required
-def run_list(request: HttpRequest) -> HttpResponse:
-    filters, notes = _run_filters(request)
-    runs = list(Run.objects.filter(**filters)[: RUN_LIST_LIMIT + 1])
-    context = {
-        "runs": runs[:RUN_LIST_LIMIT],
-        "truncated": len(runs) > RUN_LIST_LIMIT,
-        "limit": RUN_LIST_LIMIT,
-        "notes": notes,
-        "status": filters.get("status", ""),
-        "workflow": filters.get("workflow_name", ""),
-        "statuses": RunStatus.values,
-        "workflow_names": sorted(set(WorkflowDefinition.objects.values_list("name", flat=True))),
-        "now": timezone.now(),
-    }
-    return render(request, "runs/list.html", context)
+@require_POST
+def run_bulk(request: HttpRequest) -> HttpResponse:
+    """Dry run first (how many runs, which), then on confirm do it through ``services``."""
+    target = bulk.target_from(request.POST)
+    back = reverse("run-list") + "?" + target.filter.query_string()
+    if target.action not in bulk.ACTIONS:
+        messages.error(request, "Choose pause, resume, cancel or retry.")
+        return redirect(back)
+    if _refused(request, target.action):
+        return redirect(back)
+    if not target.by_filter and not target.ids:
+        messages.error(request, "Select some runs first, or act on all runs matching the filter.")
+        return redirect(back)
+    if request.POST.get("confirm") != "yes":
+        context = {"target": target, "back": back, **bulk.preview(target)}
+        return render(request, "runs/bulk_confirm.html", context)
+    done, refusals = bulk.execute(target, request.user)
+    verb = bulk.ACTIONS[target.action][2]
+    messages.success(request, f"{verb} {done} run{'s' if done != 1 else ''}.")
+    if refusals:
+        shown = "; ".join(refusals[:10]) + (f"; and {len(refusals) - 10} more" if len(refusals) > 10 else "")
+        messages.warning(request, f"Refused for {len(refusals)}: {shown}")
+    return redirect(back)
 
 
 def _step_rows(run: Run) -> list[dict[str, Any]]:
@@ -160,6 +179,9 @@ def _step_rows(run: Run) -> list[dict[str, Any]]:
                 "can_skip": actionable
                 and st.get("kind") != "flow"
                 and status in ("pending", "failed", "cancelled", "retrying"),
+                "can_resume_from": run.status not in RESUME_FROM_BLOCKED
+                and st.get("kind") not in ("handler", "compensation", "fallback")
+                and status not in ("pending", "queued", "running"),
             }
         )
     # a timeline: started steps in start order, then the ones still to come
@@ -173,8 +195,10 @@ def _run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
         "run": run,
         "terminal": terminal,
         "paused": bool(run.state.get("paused")),
-        "progress": engine.progress(run.state),
+        "progress": graph.progress(run),
         "steps": _step_rows(run),
+        "graph_svg": mark_safe(graph.workflow_graph_svg(run)),  # noqa: S308 (names escaped)
+        "gantt_svg": mark_safe(graph.gantt_svg(run)),  # noqa: S308
         "may_operate": may_operate(request.user),
         "now": timezone.now(),
     }
@@ -196,9 +220,11 @@ def run_detail(request: HttpRequest, run_id: Any) -> HttpResponse:
     events.reverse()
     context.update(
         events=events,
+        last_seq=events[-1].seq if events else 0,
         events_truncated=run.event_seq > len(events),
         interventions=run.interventions.filter(status="open"),
         restarts=run.restarts.all()[:20],
+        **_recovery_context(run),
     )
     return render(request, "runs/detail.html", context)
 
@@ -275,6 +301,125 @@ def step_action(request: HttpRequest, run_id: Any) -> HttpResponse:
         return redirect(back)
     verb = "Retrying" if action == "retry" else "Skipped"
     messages.success(request, f"{verb} step {step}.")
+    return redirect(back)
+
+
+# --------------------------------------------------------------------------- recovery
+
+RESUME_FROM_BLOCKED = ("pending", "running", "waiting", "compensating")
+HISTORY_LIMIT = 200
+
+
+def _recovery_context(run: Run) -> dict[str, Any]:
+    """Checkpoints, state history, breakpoints and the newer version for the run page."""
+    latest = (
+        WorkflowDefinition.objects.filter(name=run.workflow_name)
+        .order_by("-version")
+        .values_list("version", flat=True)
+        .first()
+    )
+    history = services.state_history(run.pk)
+    return {
+        "checkpoints": list(
+            run.checkpoints.defer("data").order_by("-created_at", "-pk")[:100]
+        ),
+        "history": history[-HISTORY_LIMIT:][::-1],
+        "history_truncated": len(history) > HISTORY_LIMIT,
+        "breakpoints": list(run.state.get("breakpoints", [])),
+        "breakpoint_steps": sorted(
+            {s.name for s, kind in store.spec_for(run.definition).all_steps() if kind == "action"}
+        ),
+        "migrate_to": latest
+        if latest and latest > run.workflow_version and run.status in ("paused", "failed")
+        else None,
+        "input_text": json.dumps(run.input, indent=2, ensure_ascii=False),
+    }
+
+
+@viewer_required
+def run_resume_from(request: HttpRequest, run_id: Any, step: str) -> HttpResponse:
+    """GET: the preview (what runs again, what is kept). POST: do it. Never acts on GET."""
+    try:
+        run = services.get_run(run_id)
+    except services.NotFound:
+        return not_found(request, f"There is no run {run_id}.", reverse("run-list"), "All runs")
+    back = reverse("run-detail", args=[run.pk])
+    if request.method == "POST":
+        if _refused(request, "resume_from"):
+            return redirect(back)
+        try:
+            services.resume_from(run.pk, step, user=request.user)
+        except services.ServiceError as exc:
+            messages.error(request, f"Could not resume from step {step}: {exc.message}")
+            return redirect(back)
+        messages.success(request, f"Resuming from step {step}.")
+        return redirect(back)
+    context: dict[str, Any] = {
+        "run": run,
+        "step": step,
+        "may_operate": auth.can(request.user, "resume_from"),
+        "blocked": run.status in RESUME_FROM_BLOCKED,
+    }
+    try:
+        context["preview"] = services.preview_resume_from(run.pk, step)
+    except services.ServiceError as exc:
+        context["refusal"] = exc.message
+        return render(request, "runs/resume_from.html", context, status=exc.status)
+    return render(request, "runs/resume_from.html", context)
+
+
+RECOVERY_ACTIONS = ("checkpoint", "restore", "breakpoint", "migrate", "restart")
+
+
+@viewer_required
+@require_POST
+def run_recovery(request: HttpRequest, run_id: Any, action: str) -> HttpResponse:
+    """The run page's recovery forms: checkpoint, restore, breakpoint, migrate, restart."""
+    back = reverse("run-detail", args=[run_id])
+    if action not in RECOVERY_ACTIONS:
+        return not_found(request, f"There is no action {action!r}.", back, "Back to the run")
+    if _refused(request, action):
+        return redirect(back)
+    post = request.POST
+    try:
+        if action == "checkpoint":
+            cp = services.take_checkpoint(run_id, user=request.user)
+            done = f"Took checkpoint {cp.pk}."
+        elif action == "restore":
+            services.restore(run_id, post.get("checkpoint", ""), user=request.user)
+            done = f"Restored checkpoint {post.get('checkpoint')}; later steps run again."
+        elif action == "breakpoint":
+            step = post.get("step", "").strip()
+            enabled = post.get("enabled", "1") != "0"
+            services.set_breakpoint(run_id, step, enabled, user=request.user)
+            done = (
+                f"The run pauses before step {step}."
+                if enabled
+                else f"Removed the breakpoint before step {step}."
+            )
+        elif action == "migrate":
+            version = post.get("version", "").strip()
+            if not version.isdigit():
+                raise services.ServiceError(400, "choose a version number")
+            run = services.migrate(run_id, int(version), user=request.user)
+            done = f"Migrated the run to v{run.workflow_version}."
+        else:
+            data, problem = _json_field(request, "input")
+            if problem:
+                raise services.ServiceError(400, problem)
+            new = services.restart(run_id, user=request.user, input=data)
+            messages.success(request, f"Restarted as a new run {new.pk}.")
+            return redirect("run-detail", run_id=new.pk)
+    except services.NotFound as exc:
+        if exc.message.startswith("run "):
+            return not_found(request, exc.message, reverse("run-list"), "All runs")
+        messages.error(request, f"Could not {action}: {exc.message}")
+        return redirect(back)
+    except services.ServiceError as exc:
+        details = "; ".join(f"{e['path']}: {e['message']}" for e in exc.errors[:5])
+        messages.error(request, f"Could not {action}: {exc.message}" + (f" ({details})" if details else ""))
+        return redirect(back)
+    messages.success(request, done)
     return redirect(back)
 
 

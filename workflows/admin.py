@@ -115,7 +115,16 @@ class RunAdmin(admin.ModelAdmin):
         "updated_at",
     ]
     inlines = [StepAttemptInline]
-    actions = ["pause_runs", "resume_runs", "cancel_runs", "restart_runs"]
+    actions = [
+        "pause_runs",
+        "resume_runs",
+        "cancel_runs",
+        "restart_runs",
+        "checkpoint_runs",
+        "restore_newest_checkpoint",
+        "resume_from_first_failed",
+        "migrate_to_latest",
+    ]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # runs are started through services.start_run (API, pages)
@@ -135,6 +144,33 @@ class RunAdmin(admin.ModelAdmin):
     @admin.action(description="Restart selected runs (as new runs)")
     def restart_runs(self, request: HttpRequest, queryset: QuerySet[Run]) -> None:
         _bulk(services.restart, "Restarted")(self, request, queryset)
+
+    @admin.action(description="Take a checkpoint of selected runs")
+    def checkpoint_runs(self, request: HttpRequest, queryset: QuerySet[Run]) -> None:
+        _bulk(services.take_checkpoint, "Took a checkpoint of")(self, request, queryset)
+
+    @admin.action(description="Restore the newest valid checkpoint (later steps run again)")
+    def restore_newest_checkpoint(self, request: HttpRequest, queryset: QuerySet[Run]) -> None:
+        _bulk(services.restore_newest, "Restored")(self, request, queryset)
+
+    @admin.action(description="Resume from the first failed step (keep results before it)")
+    def resume_from_first_failed(self, request: HttpRequest, queryset: QuerySet[Run]) -> None:
+        def verb(run_id: Any, user: Any) -> Any:
+            step = services.first_failed_step(services.get_run(run_id))
+            if step is None:
+                raise services.ServiceError(409, "the run has no failed step")
+            return services.resume_from(run_id, step, user)
+
+        _bulk(verb, "Resumed from the first failed step")(self, request, queryset)
+
+    @admin.action(description="Migrate paused/failed runs to the latest workflow version")
+    def migrate_to_latest(self, request: HttpRequest, queryset: QuerySet[Run]) -> None:
+        def verb(run_id: Any, user: Any) -> Any:
+            run = services.get_run(run_id)
+            latest = services.get_definition(run.workflow_name)
+            return services.migrate(run_id, latest.version, user)
+
+        _bulk(verb, "Migrated")(self, request, queryset)
 
 
 @admin.register(StepAttempt)
@@ -177,6 +213,22 @@ class CheckpointAdmin(admin.ModelAdmin):
     raw_id_fields = ["run"]
     exclude = ["data"]
     readonly_fields = [f.name for f in Checkpoint._meta.fields if f.name != "data"]
+    actions = ["restore_checkpoint"]
+
+    @admin.action(description="Restore this checkpoint (its run goes back to it)")
+    def restore_checkpoint(self, request: HttpRequest, queryset: QuerySet[Checkpoint]) -> None:
+        done, refused = 0, []
+        for checkpoint in queryset.defer("data").order_by("-created_at"):
+            try:
+                services.restore(checkpoint.run_id, checkpoint.pk, user=request.user)
+            except services.ServiceError as exc:
+                refused.append(f"checkpoint {checkpoint.pk}: {exc.message}")
+            else:
+                done += 1
+        if done:
+            self.message_user(request, f"Restored {done} checkpoint(s).", messages.SUCCESS)
+        if refused:
+            self.message_user(request, "Refused " + "; ".join(refused[:10]), messages.WARNING)
 
 
 @admin.register(ErrorRecord)

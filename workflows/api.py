@@ -14,6 +14,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+import yaml
 from django.db.models import Q
 from django.http import Http404, HttpRequest, HttpResponse
 from django.utils import timezone
@@ -240,6 +241,23 @@ class RestoreIn(_Body):
     checkpoint: int
 
 
+class RestartIn(_Body):
+    input: Any = None
+
+
+class ResumeFromIn(_Body):
+    dry_run: bool = False
+
+
+class BreakpointIn(_Body):
+    step: str
+    enabled: bool = True
+
+
+class MigrateIn(_Body):
+    version: int
+
+
 class DecideIn(_Body):
     action: str
     checkpoint: int | None = None
@@ -455,10 +473,14 @@ def cancel_run(request: HttpRequest, run_id: str) -> HttpResponse:
 
 
 @api.post("/runs/{run_id}/restart", tags=["runs"])
-def restart_run(request: HttpRequest, run_id: str) -> HttpResponse:
-    """A new run of the same workflow version and input; the answer is the new run."""
+def restart_run(
+    request: HttpRequest, run_id: str, payload: RestartIn | None = None
+) -> HttpResponse:
+    """A new run of the same workflow version from a clean state, with the same input or
+    ``input`` (edited); the old run records ``run.restarted``. The answer is the new run."""
     user = _need(request, "restart")
-    return _run_answer(request, services.restart(_run_exists(run_id), user))
+    data = payload.input if payload is not None else None
+    return _run_answer(request, services.restart(_run_exists(run_id), user, data))
 
 
 @api.post("/runs/{run_id}/restore", tags=["runs"])
@@ -483,6 +505,138 @@ def skip_step(
     user = _need(request, "skip")
     output = payload.output if payload is not None else None
     return _run_answer(request, services.skip_step(_run_exists(run_id), step, output, user))
+
+
+# --------------------------------------------------------------------------- recovery
+
+
+EXPORT_FORMATS = ("json", "yaml")
+
+
+def _checkpoint_of(run_pk: uuid.UUID, checkpoint_id: str) -> Checkpoint:
+    try:
+        pk = int(checkpoint_id)
+    except ValueError:
+        raise NotFound(f"checkpoint {checkpoint_id} does not exist") from None
+    found = Checkpoint.objects.filter(pk=pk, run_id=run_pk).first()
+    if found is None:
+        raise NotFound(f"checkpoint {checkpoint_id} does not exist in run {run_pk}")
+    return found
+
+
+def _export(value: Any, fmt: str, filename: str) -> HttpResponse:
+    """A download (Content-Disposition: attachment) of ``value`` as JSON or YAML."""
+    if fmt not in EXPORT_FORMATS:
+        raise ServiceError(
+            400,
+            f"unknown export format {fmt[:20]!r}",
+            [{"path": "format", "message": "must be json or yaml"}],
+        )
+    if fmt == "yaml":
+        text = yaml.safe_dump(value, sort_keys=False, allow_unicode=True)
+        content_type = "application/yaml; charset=utf-8"
+    else:
+        text = json.dumps(value, indent=2, ensure_ascii=False)
+        content_type = "application/json; charset=utf-8"
+    response = HttpResponse(text, content_type=content_type)
+    response["Content-Disposition"] = f'attachment; filename="{filename}.{fmt}"'
+    return response
+
+
+@api.get("/runs/{run_id}/steps/{step}/resume-from", tags=["recovery"])
+def preview_resume_from(request: HttpRequest, run_id: str, step: str) -> HttpResponse:
+    """What resuming from ``step`` would do: ``{run_again: [...], kept: [...]}``."""
+    _need(request, "read")
+    return _ok(request, services.preview_resume_from(_run_exists(run_id), step))
+
+
+@api.post("/runs/{run_id}/steps/{step}/resume-from", tags=["recovery"])
+def resume_from(
+    request: HttpRequest, run_id: str, step: str, payload: ResumeFromIn | None = None
+) -> HttpResponse:
+    """Run ``step`` and everything after it again, keeping the results before it.
+    ``{"dry_run": true}`` only answers the preview."""
+    if payload is not None and payload.dry_run:
+        _need(request, "read")
+        return _ok(request, services.preview_resume_from(_run_exists(run_id), step))
+    user = _need(request, "resume_from")
+    return _run_answer(request, services.resume_from(_run_exists(run_id), step, user))
+
+
+@api.get("/runs/{run_id}/breakpoints", tags=["recovery"])
+def list_breakpoints(request: HttpRequest, run_id: str) -> HttpResponse:
+    _need(request, "read")
+    run = _run(run_id)
+    return _ok(request, {"items": list(run.state.get("breakpoints", []))})
+
+
+@api.post("/runs/{run_id}/breakpoints", tags=["recovery"])
+def set_breakpoint(request: HttpRequest, run_id: str, payload: BreakpointIn) -> HttpResponse:
+    """Pause the run just before ``step`` starts; ``enabled: false`` removes the breakpoint."""
+    user = _need(request, "breakpoint")
+    pk = _run_exists(run_id)
+    return _run_answer(request, services.set_breakpoint(pk, payload.step, payload.enabled, user))
+
+
+@api.post("/runs/{run_id}/checkpoints", tags=["recovery"])
+def take_checkpoint(request: HttpRequest, run_id: str) -> HttpResponse:
+    """Take a manual checkpoint of the run's current state. 201: the checkpoint."""
+    user = _need(request, "checkpoint")
+    checkpoint = services.take_checkpoint(_run_exists(run_id), user)
+    return _ok(request, serializers.checkpoint(checkpoint), 201)
+
+
+@api.get("/runs/{run_id}/checkpoints/{checkpoint_id}", tags=["recovery"])
+def get_checkpoint(request: HttpRequest, run_id: str, checkpoint_id: str) -> HttpResponse:
+    """The checkpoint's metadata and its verified state (409 when it is corrupt)."""
+    _need(request, "read")
+    checkpoint = _checkpoint_of(_run_exists(run_id), checkpoint_id)
+    state = services.checkpoint_state(checkpoint.run_id, checkpoint.pk)
+    checkpoint.refresh_from_db(fields=["valid"])
+    return _ok(
+        request,
+        {
+            **serializers.checkpoint(checkpoint),
+            "workflow_version": checkpoint.workflow_version,
+            "schema_version": checkpoint.schema_version,
+            "state": state,
+        },
+    )
+
+
+@api.get("/runs/{run_id}/checkpoints/{checkpoint_id}/export", tags=["recovery"])
+def export_checkpoint(
+    request: HttpRequest, run_id: str, checkpoint_id: str, format: str = "json"
+) -> HttpResponse:
+    """Download the checkpoint's state as JSON or YAML."""
+    _need(request, "read")
+    checkpoint = _checkpoint_of(_run_exists(run_id), checkpoint_id)
+    if format not in EXPORT_FORMATS:
+        _export(None, format, "")  # raises the 400
+    state = services.checkpoint_state(checkpoint.run_id, checkpoint.pk)
+    return _export(state, format, f"run-{checkpoint.run_id}-checkpoint-{checkpoint.pk}")
+
+
+@api.get("/runs/{run_id}/state/export", tags=["recovery"])
+def export_state(request: HttpRequest, run_id: str, format: str = "json") -> HttpResponse:
+    """Download the run's current state as JSON or YAML."""
+    _need(request, "read")
+    run = _run(run_id)
+    return _export(run.state, format, f"run-{run.pk}-state-v{run.state_version}")
+
+
+@api.get("/runs/{run_id}/history", tags=["recovery"])
+def state_history(request: HttpRequest, run_id: str) -> HttpResponse:
+    """Each state version: what changed it, by whom or what, and from which version."""
+    _need(request, "read")
+    return _ok(request, {"items": services.state_history(_run_exists(run_id))})
+
+
+@api.post("/runs/{run_id}/migrate", tags=["recovery"])
+def migrate_run(request: HttpRequest, run_id: str, payload: MigrateIn) -> HttpResponse:
+    """Move a paused or failed run to another version of its workflow."""
+    user = _need(request, "migrate")
+    return _run_answer(request, services.migrate(_run_exists(run_id), payload.version, user))
 
 
 # --------------------------------------------------------------------------- errors

@@ -363,6 +363,31 @@ def restore(run_id: Any, checkpoint_id: Any, user: Any = None) -> Run:
     )
 
 
+def restore_newest(run_id: Any, user: Any = None) -> Run:
+    """Restore the newest checkpoint that verifies; corrupt ones are marked and passed over."""
+    run = get_run(run_id)
+    for checkpoint in run.checkpoints.filter(valid=True).defer("data").order_by(
+        "-created_at", "-pk"
+    ):
+        try:
+            return restore(run.pk, checkpoint.pk, user)
+        except ServiceError as exc:
+            if "corrupt" not in exc.message:
+                raise
+    raise ServiceError(409, "the run has no valid checkpoint to restore")
+
+
+def first_failed_step(run: Run) -> str | None:
+    """The earliest-started failed step a resume-from can start at, or None."""
+    failed = [
+        (st.get("started") or 0, name)
+        for name, st in run.state.get("steps", {}).items()
+        if st.get("status") == "failed"
+        and st.get("kind") not in ("handler", "compensation", "fallback")
+    ]
+    return min(failed)[1] if failed else None
+
+
 def resume_from(run_id: Any, step: str, user: Any = None) -> Run:
     """Run ``step`` and everything downstream of it again, keeping upstream results."""
     _require_step(run_id, step)
@@ -381,6 +406,14 @@ def preview_resume_from(run_id: Any, step: str) -> dict[str, list[str]]:
 
 
 def set_breakpoint(run_id: Any, step: str, enabled: bool = True, user: Any = None) -> Run:
+    run = get_run(run_id)
+    names = {s.name for s, _ in store.spec_for(run.definition).all_steps()}
+    if step.split("[", 1)[0] not in names:
+        raise ServiceError(
+            404,
+            f"step {step!r} does not exist in workflow {run.workflow_name} v{run.workflow_version}",
+            [{"path": "step", "message": "not a step of the workflow"}],
+        )
     return _apply(run_id, lambda r: engine.SetBreakpoint(time.time(), step, enabled), user)
 
 
