@@ -110,10 +110,9 @@ async def _send_all(layer: Any, pending: dict[str, int]) -> None:
 publisher = Publisher()
 
 
-def run_changed(run: Any, events: list[Any]) -> None:
+def run_changed(run: Any, state_version: int) -> None:
     """The store's listener: costs a dict update; the flusher thread does the rest."""
-    seq = max([run.event_seq or 0, *(e.seq for e in events)])
-    publisher.note(str(run.pk), seq)
+    publisher.note(str(run.pk), run.event_seq or 0)
 
 
 def register() -> None:

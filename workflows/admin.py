@@ -104,6 +104,7 @@ class RunAdmin(admin.ModelAdmin):
         "faults",
         "state",
         "state_version",
+        "state_checksum",
         "event_seq",
         "due_at",
         "deadline",
@@ -114,6 +115,7 @@ class RunAdmin(admin.ModelAdmin):
         "finished_at",
         "updated_at",
     ]
+    exclude = ["state_doc"]  # shown read-only as `state`; only the engine writes it
     inlines = [StepAttemptInline]
     actions = [
         "pause_runs",

@@ -6,8 +6,10 @@ Only `workflows.store` writes run state; everything else reads.
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 import uuid
+from typing import Any
 
 from django.conf import settings
 from django.db import models
@@ -24,6 +26,11 @@ class RunStatus(models.TextChoices):
     FAILED = "failed"
     CANCELLED = "cancelled"
     COMPENSATED = "compensated"
+
+
+def canonical_json(value: Any) -> bytes:
+    """Sorted keys, no spaces, UTF-8: the form checksums are taken of."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 TERMINAL_RUN_STATUSES = frozenset({"succeeded", "failed", "cancelled", "compensated"})
@@ -73,7 +80,9 @@ class Run(models.Model):
     output = models.JSONField(null=True, blank=True)
     error = models.JSONField(null=True, blank=True)
     faults = models.JSONField(default=list, blank=True)
-    state = models.JSONField(default=dict, blank=True, help_text="The engine's state document.")
+    state_doc = models.TextField(
+        default="{}", blank=True, help_text="The engine's state document, canonical JSON."
+    )
     state_version = models.PositiveIntegerField(default=0)
     state_checksum = models.CharField(
         max_length=64, blank=True, default="", help_text="sha256 of the canonical JSON state."
@@ -108,6 +117,21 @@ class Run(models.Model):
     @property
     def is_terminal(self) -> bool:
         return self.status in TERMINAL_RUN_STATUSES
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """The engine's state document (parsed once per text; treat it as read-only)."""
+        cached = self.__dict__.get("_state_cache")
+        if cached is None or cached[0] is not self.state_doc:
+            cached = (self.state_doc, json.loads(self.state_doc or "{}"))
+            self.__dict__["_state_cache"] = cached
+        value: dict[str, Any] = cached[1]
+        return value
+
+    @state.setter
+    def state(self, value: dict[str, Any]) -> None:
+        self.state_doc = canonical_json(value).decode()
+        self.__dict__["_state_cache"] = (self.state_doc, value)
 
 
 class StepAttempt(models.Model):

@@ -366,8 +366,8 @@ def restore(run_id: Any, checkpoint_id: Any, user: Any = None) -> Run:
 def restore_newest(run_id: Any, user: Any = None) -> Run:
     """Restore the newest checkpoint that verifies; corrupt ones are marked and passed over."""
     run = get_run(run_id)
-    for checkpoint in run.checkpoints.filter(valid=True).defer("data").order_by(
-        "-created_at", "-pk"
+    for checkpoint in (
+        run.checkpoints.filter(valid=True).defer("data").order_by("-created_at", "-pk")
     ):
         try:
             return restore(run.pk, checkpoint.pk, user)

@@ -173,8 +173,9 @@ def fire_due_timers() -> int:
     now = timezone.now()
     n = 0
     due_runs = Run.objects.filter(due_at__lte=now).exclude(status__in=TERMINAL_RUN_STATUSES)
-    for run_id, state in due_runs.values_list("pk", "state")[:1000]:
-        for step, st in state.get("steps", {}).items():
+    for run in due_runs.only("pk", "state_doc")[:1000]:
+        run_id = run.pk
+        for step, st in run.state.get("steps", {}).items():
             if st.get("due") is not None and st["due"] <= now.timestamp():
                 store.apply(run_id, lambda r, s=step: engine.TimerFired(time.time(), s), "timer")
                 n += 1
