@@ -114,6 +114,8 @@ def base_env() -> dict[str, str]:
     env.setdefault("DATABASE_URL", DEFAULT_DATABASE_URL)
     env.setdefault("SECRET_KEY", "flowmend-bench-not-secret")
     env.setdefault("FLOWMEND_PYTHON_MODULES", "examples")
+    # the same idle-poll cap for Flowmend's workers and the floor's (see rundramatiq)
+    env.setdefault("dramatiq_worker_timeout", "100")
     env["DEBUG"] = "0"
     env["LOG_LEVEL"] = env.get("BENCH_LOG_LEVEL", "WARNING")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)

@@ -72,6 +72,7 @@ def worker_env() -> dict[str, str]:
         )
     env["FLOWMEND_PYTHON_MODULES"] = ",".join(settings.FLOWMEND_PYTHON_MODULES)
     env["FLOWMEND_LEASE_SECONDS"] = str(settings.FLOWMEND_LEASE_SECONDS)
+    env.setdefault("dramatiq_worker_timeout", "100")
     return env
 
 

@@ -30,4 +30,8 @@ class Command(BaseCommand):
             "--queues",
             "flowmend",
         ]
-        os.execv(sys.executable, argv)
+        env = dict(os.environ)
+        # An idle Redis consumer backs off up to this long (ms) between polls; Dramatiq's
+        # default of 1000 adds up to a second to the first step after a quiet spell.
+        env.setdefault("dramatiq_worker_timeout", "100")
+        os.execve(sys.executable, argv, env)

@@ -27,7 +27,10 @@ class Command(BaseCommand):
             self._load_examples()
         password = self._ensure_login()
         worker = dramatiq.Worker(
-            dramatiq.get_broker(), queues={"flowmend"}, worker_threads=options["threads"]
+            dramatiq.get_broker(),
+            queues={"flowmend"},
+            worker_threads=options["threads"],
+            worker_timeout=100,
         )
         worker.start()
         stop = threading.Event()
