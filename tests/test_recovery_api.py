@@ -11,7 +11,7 @@ import json
 import pytest
 import yaml
 
-from tests.runtime import wait_for_run, worker  # noqa: F401
+from tests.runtime import wait_for_run
 from workflows import services, store
 from workflows.models import Checkpoint, Run, RunEvent, StepAttempt
 
@@ -239,7 +239,9 @@ def test_state_export_parses_back(worker, viewer):
     assert as_yaml.status_code == 200 and "attachment" in as_yaml["Content-Disposition"]
     assert yaml.safe_load(as_yaml.content) == run.state
     assert_problem(viewer.get(url + "?format=toml"), 400)
-    assert_problem(viewer.get("/api/v1/runs/00000000-0000-0000-0000-000000000000/state/export"), 404)
+    assert_problem(
+        viewer.get("/api/v1/runs/00000000-0000-0000-0000-000000000000/state/export"), 404
+    )
 
 
 def test_checkpoint_of_another_run_is_refused_and_nothing_changes(worker, op):
@@ -266,7 +268,10 @@ def test_corrupt_checkpoint_is_refused_everywhere_and_nothing_changes(worker, op
         op.post_json(f"/api/v1/runs/{run.pk}/restore", {"checkpoint": mine.pk}), 409
     )
     assert "corrupt" in body["error"]
-    assert "corrupt" in assert_problem(op.get(f"/api/v1/runs/{run.pk}/checkpoints/{mine.pk}"), 409)["error"]
+    assert (
+        "corrupt"
+        in assert_problem(op.get(f"/api/v1/runs/{run.pk}/checkpoints/{mine.pk}"), 409)["error"]
+    )
     assert_problem(op.get(f"/api/v1/runs/{run.pk}/checkpoints/{mine.pk}/export?format=yaml"), 409)
     assert snapshot(run.pk) == before
     assert Checkpoint.objects.get(pk=mine.pk).valid is False

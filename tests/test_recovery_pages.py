@@ -9,7 +9,7 @@ import json
 import pytest
 from django.test import Client
 
-from tests.runtime import wait_for_run, worker  # noqa: F401
+from tests.runtime import wait_for_run
 from workflows import services
 from workflows.models import Checkpoint, Run, RunEvent, StepAttempt
 
@@ -212,9 +212,7 @@ def test_breakpoint_form(worker, op_client):
     assert '<option value="d">d</option>' in html and "Pause before step" in html
     response = op_client.post(f"/runs/{run.pk}/recovery/breakpoint/", {"step": "d"}, follow=True)
     assert any("pauses before step d" in m for m in messages_of(response))
-    response = op_client.post(
-        f"/runs/{run.pk}/recovery/breakpoint/", {"step": "zzz"}, follow=True
-    )
+    response = op_client.post(f"/runs/{run.pk}/recovery/breakpoint/", {"step": "zzz"}, follow=True)
     assert any("does not exist" in m for m in messages_of(response))
     services.decide(run.interventions.get().pk, "approve")
     run = wait_for_run(run.pk, {"paused"})
