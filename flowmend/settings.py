@@ -155,7 +155,10 @@ FLOWMEND_WORKER_THREADS = int(os.environ.get("FLOWMEND_WORKER_THREADS", "8"))
 # Waits shorter than this ride the broker's message delay; longer ones park the run
 # in `waiting` with a due time in the database for the sweeper.
 FLOWMEND_SHORT_WAIT_SECONDS = float(os.environ.get("FLOWMEND_SHORT_WAIT_SECONDS", "30"))
-FLOWMEND_LEASE_SECONDS = float(os.environ.get("FLOWMEND_LEASE_SECONDS", "30"))
+# A running attempt's lease; its worker extends it every third of this. A worker that
+# dies loses its attempts to the sweeper within about this long.
+FLOWMEND_LEASE_SECONDS = float(os.environ.get("FLOWMEND_LEASE_SECONDS", "6"))
+FLOWMEND_REDISPATCH_AFTER = float(os.environ.get("FLOWMEND_REDISPATCH_AFTER", "60"))
 FLOWMEND_SWEEP_INTERVAL = float(os.environ.get("FLOWMEND_SWEEP_INTERVAL", "1"))
 # The same worker may run the next step of a chain inline for up to this long.
 FLOWMEND_INLINE_SLICE_SECONDS = float(os.environ.get("FLOWMEND_INLINE_SLICE_SECONDS", "0.5"))

@@ -65,3 +65,22 @@ steps:
     assert attempts[0].dispatch_count == 2
     assert RunEvent.objects.filter(run=run, type="step.succeeded", step="slow").count() == 1
     assert RunEvent.objects.filter(run=run, type="step.succeeded", step="last").count() == 1
+
+
+def test_lost_broker_messages_are_sent_again(short_leases, sweeper_thread):
+    """The broker only carries "do this now": flush it and the sweeper re-dispatches."""
+    import dramatiq
+
+    services.save_workflow(
+        "name: lost-message\nsteps:\n  - {name: a, type: noop}\n  - {name: b, type: noop}\n"
+    )
+    run = services.start_run("lost-message")  # queued; no worker is running yet
+    dramatiq.get_broker().flush_all()  # the message is gone
+    worker = start_worker_process()
+    try:
+        run = wait_for_run(run.pk, timeout=30)
+    finally:
+        kill_process_group(worker)
+    assert run.status == "succeeded"
+    attempt = StepAttempt.objects.get(run=run, step="a")
+    assert attempt.dispatch_count == 2

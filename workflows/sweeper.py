@@ -126,12 +126,42 @@ def _lost_event(attempt_id: int, step: str) -> engine.Event:
     )
 
 
+IDLE_REDISPATCH_AFTER = timedelta(seconds=5)
+
+
+def broker_backlog() -> int | None:
+    """Messages waiting in the step queue, or None when the broker cannot say."""
+    import dramatiq
+
+    broker = dramatiq.get_broker()
+    try:
+        if hasattr(broker, "get_queue_message_counts"):  # RabbitMQ
+            ready, delayed, _ = broker.get_queue_message_counts(actors.QUEUE)
+            return int(ready) + int(delayed)
+        if hasattr(broker, "client"):  # Redis
+            return int(broker.client.llen(f"{broker.namespace}:{actors.QUEUE}"))
+        if hasattr(broker, "queues"):  # in-process
+            return int(broker.queues[actors.QUEUE].qsize())
+    except Exception:
+        log.warning("could not read the broker's queue depth", exc_info=True)
+    return None
+
+
 def redispatch_lost() -> int:
+    """Queued attempts nobody took: their message was lost (or held by a dead worker).
+
+    While the queue has a backlog, a message may just be waiting its turn, so only
+    attempts older than FLOWMEND_REDISPATCH_AFTER are sent again; when the queue is
+    empty, five seconds is proof enough. A duplicate message is harmless: the claim
+    is conditional.
+    """
     now = timezone.now()
+    idle = broker_backlog() == 0
+    threshold = IDLE_REDISPATCH_AFTER if idle else REDISPATCH_AFTER
     stale = list(
-        StepAttempt.objects.filter(
-            status="queued", queued_at__lt=now - REDISPATCH_AFTER
-        ).values_list("pk", flat=True)[:1000]
+        StepAttempt.objects.filter(status="queued", queued_at__lt=now - threshold).values_list(
+            "pk", flat=True
+        )[:1000]
     )
     for pk in stale:
         StepAttempt.objects.filter(pk=pk, status="queued").update(
