@@ -568,27 +568,40 @@ def _record_error(run: Run, report: Report) -> None:
 # --------------------------------------------------------------------------- checkpoints
 
 
+_CHECKPOINT_COLUMNS = (
+    "run_id", "step", "kind", "data", "checksum", "size_bytes", "compressed", "valid",
+    "state_version", "workflow_version", "schema_version", "created_at", "created_by",
+)  # fmt: skip
+
+
+def _checkpoint_row(
+    run: Run, raw: bytes, state_version: int, kind: str, step: str, by: str
+) -> tuple[Any, ...]:
+    """Canonical JSON in, a checkpoint row out: sha256, zlib above `compress-above`."""
+    limit = spec_for(run.definition).settings.checkpoints.compress_above
+    compressed = len(raw) > limit
+    return (
+        run.pk, step, kind, zlib.compress(raw, 1) if compressed else raw,
+        hashlib.sha256(raw).hexdigest(), len(raw), compressed, True, state_version,
+        run.workflow_version, engine.STATE_SCHEMA, timezone.now(), by,
+    )  # fmt: skip
+
+
 def _insert_checkpoint(
     batch: sql.Batch, run: Run, raw: bytes, state_version: int, kind: str, step: str, by: str
 ) -> None:
-    limit = spec_for(run.definition).settings.checkpoints.compress_above
-    compressed = len(raw) > limit
     batch.insert(
-        CHECKPOINTS,
-        ("run_id", "step", "kind", "data", "checksum", "size_bytes", "compressed", "valid",
-         "state_version", "workflow_version", "schema_version", "created_at", "created_by"),
-        [(run.pk, step, kind, zlib.compress(raw, 1) if compressed else raw,
-          hashlib.sha256(raw).hexdigest(), len(raw), compressed, True, state_version,
-          run.workflow_version, engine.STATE_SCHEMA, timezone.now(), by)],
-    )  # fmt: skip
+        CHECKPOINTS, _CHECKPOINT_COLUMNS, [_checkpoint_row(run, raw, state_version, kind, step, by)]
+    )
 
 
 def write_checkpoint(run: Run, state: dict[str, Any], kind: str, step: str, by: str) -> Checkpoint:
     """A checkpoint of ``state`` outside the event path (benchmarks, tools)."""
-    batch = sql.Batch()
-    _insert_checkpoint(batch, run, canonical_json(state), run.state_version, kind, step, by)
-    batch.run()
-    return run.checkpoints.order_by("-pk").first()  # type: ignore[return-value]
+    row = _checkpoint_row(run, canonical_json(state), run.state_version, kind, step, by)
+    (pk,) = sql.insert(CHECKPOINTS, _CHECKPOINT_COLUMNS, [row], returning=True)
+    checkpoint = Checkpoint(pk=pk, **dict(zip(_CHECKPOINT_COLUMNS, row, strict=True)))
+    checkpoint._state.adding = False
+    return checkpoint
 
 
 class CheckpointInvalid(Exception):
