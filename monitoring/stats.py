@@ -12,16 +12,15 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
-from django.db.models import Count, Exists, F, Max, Min, OuterRef, Q, Subquery, Window
-from django.db.models.functions import RowNumber, TruncMinute
+from django.db import connection
+from django.db.models import Count, Exists, Max, Min, OuterRef, Q
+from django.db.models.functions import TruncMinute
 from django.utils import timezone
 
 from interventions.models import Intervention
 from workflows.models import (
-    TERMINAL_RUN_STATUSES,
     ErrorRecord,
     Run,
-    RunEvent,
     RunStatus,
     StepAttempt,
 )
@@ -45,7 +44,8 @@ def base_step(step: str) -> str:
 
 def runs_by_status() -> list[dict[str, Any]]:
     """Every run status (in lifecycle order) with its count and the list URL."""
-    counts = dict(Run.objects.order_by().values_list("status").annotate(n=Count("id")))
+    # COUNT(*) (not COUNT(id)) lets PostgreSQL answer from the run_status_created index alone
+    counts = dict(Run.objects.order_by().values_list("status").annotate(n=Count("*")))
     return [
         {"status": s, "count": counts.get(s, 0), "url": _runs_url(status=s)}
         for s in RunStatus.values
@@ -83,14 +83,16 @@ def _attempt_buckets(since: datetime) -> dict[datetime, dict[str, int]]:
         .annotate(minute=TruncMinute("finished_at"))
         .order_by()
         .values("minute")
-        .annotate(finished=Count("id"), failed=Count("id", filter=Q(status="failed")))
+        .annotate(finished=Count("*"), failed=Count("status", filter=Q(status="failed")))
     )
     return {r["minute"]: r for r in rows}
 
 
 def throughput_per_minute(hours: float = 1) -> list[dict[str, Any]]:
-    """Per minute of the last ``hours``, oldest first: ``{"minute", "runs", "attempts"}``,
-    runs and step attempts that finished in that minute (empty minutes included)."""
+    """Per minute of the last ``hours``, oldest first (empty minutes included):
+    ``{"minute", "runs", "attempts", "failed", "rate"}`` - runs and step attempts that
+    finished in that minute, and the failure figures of ``failure_rate_per_minute`` (so a
+    page that shows both needs only this call)."""
     now = timezone.now()
     since = now - timedelta(hours=hours)
     runs = dict(
@@ -98,13 +100,23 @@ def throughput_per_minute(hours: float = 1) -> list[dict[str, Any]]:
         .annotate(minute=TruncMinute("finished_at"))
         .order_by()
         .values_list("minute")
-        .annotate(n=Count("id"))
+        .annotate(n=Count("*"))
     )
     attempts = _attempt_buckets(since)
-    return [
-        {"minute": m, "runs": runs.get(m, 0), "attempts": attempts.get(m, {}).get("finished", 0)}
-        for m in _minutes(since, now)
-    ]
+    out = []
+    for m in _minutes(since, now):
+        b = attempts.get(m, {})
+        finished, failed = b.get("finished", 0), b.get("failed", 0)
+        out.append(
+            {
+                "minute": m,
+                "runs": runs.get(m, 0),
+                "attempts": finished,
+                "failed": failed,
+                "rate": failed / finished if finished else None,
+            }
+        )
+    return out
 
 
 def failure_rate_per_minute(hours: float = 1) -> list[dict[str, Any]]:
@@ -135,18 +147,19 @@ def failure_rate_per_minute(hours: float = 1) -> list[dict[str, Any]]:
 def error_handling_success_rate(hours: float = 24) -> dict[str, Any]:
     """How often error handling saved a run.
 
-    Over runs that finished in the last ``hours`` and had at least one failed step attempt:
+    Over runs that finished in the last ``hours`` and had at least one failed step attempt
+    (one with an ``ErrorRecord``: the store writes one per failed attempt):
     ``rate = recovered / total`` where ``recovered`` counts those that still ended
     ``succeeded`` (a retry succeeded, a fallback stood in, or the step was allowed to
     continue) and ``total`` counts them all (succeeded, failed, compensated, cancelled).
     ``rate`` is None when no finished run had a failure.
     """
     since = timezone.now() - timedelta(hours=hours)
-    had_failure = Exists(StepAttempt.objects.filter(run=OuterRef("pk"), status="failed"))
+    had_failure = Exists(ErrorRecord.objects.filter(run=OuterRef("pk")))
     agg = (
         Run.objects.filter(finished_at__gte=since)
         .filter(had_failure)
-        .aggregate(total=Count("id"), recovered=Count("id", filter=Q(status="succeeded")))
+        .aggregate(total=Count("*"), recovered=Count("status", filter=Q(status="succeeded")))
     )
     total, recovered = agg["total"], agg["recovered"]
     return {
@@ -157,58 +170,62 @@ def error_handling_success_rate(hours: float = 24) -> dict[str, Any]:
     }
 
 
-QUIET_STATUSES = ("awaiting_intervention", "paused")
+MOVING_STATUSES = (
+    "pending",
+    "running",
+    "waiting",
+    "compensating",
+)  # not awaiting a person, not paused
 
 
 def stalled_runs(threshold_seconds: float = 300, limit: int = 100) -> list[dict[str, Any]]:
-    """Unfinished runs that nothing is moving: no event for ``threshold_seconds``, no live
-    worker lease, not waiting for a person (``awaiting_intervention``, ``paused``) and not
-    ``waiting`` on a timer that is still in the future. Longest idle first."""
+    """Unfinished runs that nothing is moving, longest idle first.
+
+    A run is stalled when its status is pending, running, compensating, or waiting on a
+    timer already due (``awaiting_intervention`` and ``paused`` wait for a person); its
+    state has not changed for ``threshold_seconds`` (``Run.updated_at``: the store saves
+    the run row with every event it applies); and no worker holds a live lease on one of
+    its attempts (a long step that is still running is not stalled).
+    """
     now = timezone.now()
     cutoff = now - timedelta(seconds=threshold_seconds)
-    last_event = RunEvent.objects.filter(run=OuterRef("pk")).order_by("-seq").values("at")[:1]
     live_lease = StepAttempt.objects.filter(
         run=OuterRef("pk"), status="running", lease_until__gt=now
     )
     rows = (
-        Run.objects.exclude(status__in=[*TERMINAL_RUN_STATUSES, *QUIET_STATUSES])
+        Run.objects.filter(status__in=MOVING_STATUSES, updated_at__lt=cutoff)
         .exclude(status="waiting", due_at__gt=now)
-        .annotate(last_event_at=Subquery(last_event))
-        .filter(Q(last_event_at__lt=cutoff) | Q(last_event_at__isnull=True, created_at__lt=cutoff))
         .exclude(Exists(live_lease))
-        .order_by(F("last_event_at").asc(nulls_first=True))
-        .values("id", "workflow_name", "status", "created_at", "last_event_at", "due_at")[:limit]
+        .order_by("updated_at")
+        .values("id", "workflow_name", "status", "updated_at", "due_at")[:limit]
     )
-    out = []
-    for r in rows:
-        since = r["last_event_at"] or r["created_at"]
-        out.append(
-            {
-                "id": str(r["id"]),
-                "workflow": r["workflow_name"],
-                "status": r["status"],
-                "last_event_at": r["last_event_at"],
-                "idle_seconds": (now - since).total_seconds(),
-                "url": f"{RUNS_URL}{r['id']}/",
-            }
-        )
-    return out
+    return [
+        {
+            "id": str(r["id"]),
+            "workflow": r["workflow_name"],
+            "status": r["status"],
+            "last_event_at": r["updated_at"],
+            "idle_seconds": (now - r["updated_at"]).total_seconds(),
+            "url": f"{RUNS_URL}{r['id']}/",
+        }
+        for r in rows
+    ]
 
 
 def failing_steps(hours: float = 24, limit: int = 10) -> list[dict[str, Any]]:
-    """The steps with the most failed attempts in the last ``hours``: ``{"workflow", "step",
-    "failures", "runs", "last_failed_at", "url"}``; foreach/fallback instances of a step
-    count under its base name."""
+    """The steps with the most failed attempts in the last ``hours`` (counted from the
+    error records, one per failed attempt): ``{"workflow", "step", "failures", "runs",
+    "last_failed_at", "url"}``; foreach/fallback instances count under the base name."""
     since = timezone.now() - timedelta(hours=hours)
     rows = (
-        StepAttempt.objects.filter(finished_at__gte=since, status="failed")
+        ErrorRecord.objects.filter(created_at__gte=since)
         .order_by()
-        .values("run__workflow_name", "step")
-        .annotate(n=Count("id"), runs=Count("run_id", distinct=True), last=Max("finished_at"))
+        .values("workflow_name", "step")
+        .annotate(n=Count("*"), runs=Count("run_id", distinct=True), last=Max("created_at"))
     )
     merged: dict[tuple[str, str], dict[str, Any]] = {}
     for r in rows:
-        key = (r["run__workflow_name"], base_step(r["step"]))
+        key = (r["workflow_name"], base_step(r["step"]))
         m = merged.setdefault(key, {"workflow": key[0], "step": key[1], "failures": 0, "runs": 0, "last_failed_at": r["last"]})  # fmt: skip
         m["failures"] += r["n"]
         m["runs"] += r["runs"]
@@ -227,16 +244,21 @@ def error_groups(
     klass: str | None = None,
     workflow: str | None = None,
     *,
+    since: datetime | None = None,
     limit: int = 100,
-    runs_per_group: int = 20,
+    runs_per_group: int = 10,
 ) -> list[dict[str, Any]]:
     """Errors grouped by fingerprint across runs, most recently seen first.
 
     Each group: ``fingerprint``, ``class``, ``type``, ``message`` and ``traceback`` of its
-    latest record, ``count``, ``run_count``, ``first_seen``, ``last_seen``, ``workflows``
-    and ``steps`` (base names, sorted), ``runs`` (up to ``runs_per_group`` run ids, newest
-    first) and ``url``. Supersedes ``workflows.serializers.error_groups`` for pages (which
-    lists every run id and no workflows or steps). Four queries whatever the size.
+    latest record; ``count`` (failed attempts), ``run_count`` (distinct runs),
+    ``first_seen``, ``last_seen``; ``runs`` (up to ``runs_per_group`` run ids, newest
+    first); ``workflows`` and ``steps`` (base names) seen in those latest records - a
+    fingerprint hashes the workflow and base step (``store.fingerprint``), so normally one
+    of each; and ``url``. Filters: ``fingerprint``, ``klass`` (error class), ``workflow``,
+    ``since`` (records created at or after). Supersedes ``workflows.serializers.error_groups``
+    for pages (that one lists every run id of a group, unbounded). Three queries on
+    PostgreSQL whatever the number of groups.
     """
     qs = ErrorRecord.objects.all()
     if fingerprint:
@@ -245,11 +267,13 @@ def error_groups(
         qs = qs.filter(error_class=klass)
     if workflow:
         qs = qs.filter(workflow_name=workflow)
+    if since is not None:
+        qs = qs.filter(created_at__gte=since)
     groups = list(
         qs.order_by()
         .values("fingerprint")
         .annotate(
-            count=Count("id"),
+            count=Count("*"),
             run_count=Count("run_id", distinct=True),
             first_seen=Min("created_at"),
             last_seen=Max("created_at"),
@@ -259,30 +283,16 @@ def error_groups(
     )
     if not groups:
         return []
-    fps = [g["fingerprint"] for g in groups]
     latest = ErrorRecord.objects.in_bulk([g["latest_id"] for g in groups])
-    places: dict[str, tuple[set[str], set[str]]] = {fp: (set(), set()) for fp in fps}
-    for fp, wf, step in qs.filter(fingerprint__in=fps).order_by().values_list("fingerprint", "workflow_name", "step").distinct():  # fmt: skip
-        places[fp][0].add(wf)
-        places[fp][1].add(base_step(step))
-    ranked = (
-        qs.filter(fingerprint__in=fps)
-        .annotate(
-            rank=Window(RowNumber(), partition_by=[F("fingerprint")], order_by=F("id").desc())
-        )
-        .filter(rank__lte=runs_per_group * 3)
-        .order_by("fingerprint", "rank")
-        .values_list("fingerprint", "run_id")
-    )
-    runs: dict[str, list[str]] = {fp: [] for fp in fps}
-    for fp, run_id in ranked:
-        rid = str(run_id)
-        if rid not in runs[fp] and len(runs[fp]) < runs_per_group:
-            runs[fp].append(rid)
+    samples = _latest_records(qs, [g["fingerprint"] for g in groups], runs_per_group * 3)
     out = []
     for g in groups:
         r = latest[g["latest_id"]]
         fp = g["fingerprint"]
+        runs: list[str] = []
+        for _, run_id, _, _ in samples.get(fp, []):
+            if str(run_id) not in runs and len(runs) < runs_per_group:
+                runs.append(str(run_id))
         out.append(
             {
                 "fingerprint": fp,
@@ -294,12 +304,44 @@ def error_groups(
                 "run_count": g["run_count"],
                 "first_seen": g["first_seen"],
                 "last_seen": g["last_seen"],
-                "workflows": sorted(places[fp][0]),
-                "steps": sorted(places[fp][1]),
-                "runs": runs[fp],
+                "workflows": sorted(
+                    {wf for _, _, wf, _ in samples.get(fp, [])} | {r.workflow_name}
+                ),
+                "steps": sorted(
+                    {base_step(st) for _, _, _, st in samples.get(fp, [])} | {base_step(r.step)}
+                ),
+                "runs": runs,
                 "url": f"{ERRORS_URL}?{urlencode({'fingerprint': fp})}",
             }
         )
+    return out
+
+
+def _latest_records(
+    qs: Any, fingerprints: list[str], per_group: int
+) -> dict[str, list[tuple[Any, ...]]]:
+    """(fingerprint, run_id, workflow_name, step) of each group's latest records, newest
+    first: one UNION ALL of per-group LIMIT queries on PostgreSQL (each an index range
+    scan), one query per group elsewhere."""
+    fields = ("fingerprint", "run_id", "workflow_name", "step", "created_at")
+
+    def one(fp: str) -> Any:
+        return (
+            qs.filter(fingerprint=fp)
+            .order_by("-created_at", "-id")
+            .values_list(*fields)[:per_group]
+        )
+
+    if connection.features.supports_slicing_ordering_in_compound and len(fingerprints) > 1:
+        first, *rest = [one(fp) for fp in fingerprints]
+        rows = list(first.union(*rest, all=True))
+    else:
+        rows = [row for fp in fingerprints for row in one(fp)]
+    out: dict[str, list[tuple[Any, ...]]] = {}
+    for fp, run_id, wf, step, created in rows:
+        out.setdefault(fp, []).append((created, run_id, wf, step))
+    for records in out.values():
+        records.sort(key=lambda rec: rec[0], reverse=True)
     return out
 
 

@@ -109,6 +109,12 @@ class Run(models.Model):
             models.Index(
                 fields=["due_at"], name="run_due", condition=models.Q(due_at__isnull=False)
             ),
+            models.Index(
+                fields=["finished_at"],
+                include=["status", "id"],
+                name="run_finished",
+                condition=models.Q(finished_at__isnull=False),
+            ),
         ]
 
     def __str__(self) -> str:
@@ -166,6 +172,12 @@ class StepAttempt(models.Model):
                 fields=["status", "lease_until"],
                 name="attempt_active",
                 condition=models.Q(status__in=["queued", "running"]),
+            ),
+            models.Index(
+                fields=["finished_at"],
+                include=["status"],
+                name="attempt_finished",
+                condition=models.Q(finished_at__isnull=False),
             ),
         ]
 
@@ -250,7 +262,15 @@ class ErrorRecord(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["error_class", "-created_at"], name="error_class_created")]
+        indexes = [
+            models.Index(fields=["error_class", "-created_at"], name="error_class_created"),
+            models.Index(
+                fields=["fingerprint", "-created_at"],
+                include=["run_id", "id"],
+                name="error_fingerprint_created",
+            ),
+            models.Index(fields=["created_at"], name="error_created"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.type}: {self.message[:60]}"
