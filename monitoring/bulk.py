@@ -21,8 +21,8 @@ ACTIVE = ~Q(status__in=TERMINAL_RUN_STATUSES)
 
 # action -> (which runs it applies to, why the others do not, past tense)
 ACTIONS: dict[str, tuple[Q, str, str]] = {
-    "pause": (ACTIVE & ~Q(status="paused") & ~Q(state__paused=True), "finished or paused", "Paused"),
-    "resume": (ACTIVE & (Q(status="paused") | Q(state__paused=True)), "not paused", "Resumed"),
+    "pause": (ACTIVE & ~Q(status="paused"), "finished or paused", "Paused"),
+    "resume": (Q(status="paused"), "not paused", "Resumed"),
     "cancel": (ACTIVE, "already finished", "Cancelled"),
     "retry": (Q(status="failed"), "not failed", "Retried"),
 }

@@ -60,8 +60,12 @@ class LiveConsumer(AsyncWebsocketConsumer):
     def group_names(self) -> list[str]:
         raise NotImplementedError
 
-    def render_update(self, first: bool) -> str:
-        """Sync (runs in a thread): the text frame to send, or '' for nothing new."""
+    def render_update(self, first: bool) -> list[str]:
+        """Sync (runs in a thread): the text frames to send (empty ones are skipped).
+
+        Table rows go in a frame of their own: htmx parses each frame inside a
+        ``<template>``, where a ``<tr>`` after a ``<div>`` would be dropped.
+        """
         raise NotImplementedError
 
     async def connect(self) -> None:
@@ -108,9 +112,10 @@ class LiveConsumer(AsyncWebsocketConsumer):
 
     async def render_and_send(self, first: bool) -> None:
         self.last_render = asyncio.get_running_loop().time()
-        text = await database_sync_to_async(self.render_update)(first)
-        if text:
-            await self.send(text_data=text)
+        frames = await database_sync_to_async(self.render_update)(first)
+        for text in frames:
+            if text:
+                await self.send(text_data=text)
 
     def fragment(self, key: str, html: str) -> str:
         """``html`` if it differs from what this socket last sent under ``key``."""
@@ -138,25 +143,22 @@ class RunConsumer(LiveConsumer):
     async def run_changed(self, message: dict[str, Any]) -> None:
         await self.changed()
 
-    def render_update(self, first: bool) -> str:
+    def render_update(self, first: bool) -> list[str]:
         from monitoring import views
         from workflows import services
 
         try:
             run = services.get_run(self.run_id)
         except services.NotFound:
-            return ""
+            return []
         context = views._run_context(self.request, run)
         context.update(
             oob=True,
             interventions=run.interventions.filter(status="open"),
             restarts=run.restarts.all()[:20],
         )
-        parts = [
-            self.fragment(name, self._partial(name, context)) for name in RUN_PARTIALS
-        ]
-        parts.append(self._events(run, context, first))
-        return "".join(parts)
+        parts = [self.fragment(name, self._partial(name, context)) for name in RUN_PARTIALS]
+        return ["".join(parts), self._events(run, context, first)]
 
     def _partial(self, name: str, context: dict[str, Any]) -> str:
         return render_to_string(f"runs/detail.html#{name}", context, request=self.request)
@@ -193,10 +195,10 @@ class DashboardConsumer(LiveConsumer):
         self.changed_ids.update(message.get("run_ids", []))
         await self.changed()
 
-    def render_update(self, first: bool) -> str:
+    def render_update(self, first: bool) -> list[str]:
         if self.page == "runs":
-            return self._run_rows(first)
-        return self._overview()
+            return [self._run_rows(first)]
+        return [self._overview()]
 
     def _overview(self) -> str:
         from monitoring import views

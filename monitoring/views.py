@@ -16,7 +16,7 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.db.models import Count, Max, Min
+from django.db.models import Count
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -27,11 +27,11 @@ from django.views.decorators.http import require_POST
 from django_htmx.http import HttpResponseClientRefresh
 
 from interventions.models import Intervention
-from monitoring import bulk, graph, run_filters
+from monitoring import bulk, graph, run_filters, statediff, stats
+from monitoring import overview as overview_figures
 from workflows import auth, services, store
 from workflows.models import (
     TERMINAL_RUN_STATUSES,
-    ErrorRecord,
     Run,
     RunStatus,
     StepAttempt,
@@ -80,18 +80,7 @@ def not_found(request: HttpRequest, message: str, back_url: str, back_label: str
 
 def overview_context() -> dict[str, Any]:
     """The overview's figures; also rendered by the dashboard socket on each change."""
-    counts = dict(Run.objects.values_list("status").annotate(n=Count("id")).order_by())
-    return {
-        "status_counts": [(status, counts.get(status, 0)) for status in RunStatus.values],
-        "total_runs": sum(counts.values()),
-        "open_interventions": Intervention.objects.filter(status="open").count(),
-        "recent_runs": Run.objects.all()[:10],
-        "recent_interventions": Intervention.objects.filter(status="open").select_related("run")[
-            :5
-        ],
-        # LIVE-TODO(stats): figures from monitoring.stats / charts go here when they land
-        "now": timezone.now(),
-    }
+    return overview_figures.context()
 
 
 @viewer_required
@@ -112,9 +101,9 @@ def run_list(request: HttpRequest) -> HttpResponse:
         "notes": filters.notes,
         "next_cursor": next_cursor,
         "filter_query": filters.query_string(),
-        "ws_query": filters.query_string(page="runs", **(
-            {"after": request.GET["after"]} if filters.cursor else {}
-        )),
+        "ws_query": filters.query_string(
+            page="runs", **({"after": request.GET["after"]} if filters.cursor else {})
+        ),
         "statuses": RunStatus.values,
         "workflow_names": sorted(set(WorkflowDefinition.objects.values_list("name", flat=True))),
         "bulk_actions": [a for a in bulk.ACTIONS if auth.can(request.user, a)],
@@ -147,7 +136,9 @@ def run_bulk(request: HttpRequest) -> HttpResponse:
     verb = bulk.ACTIONS[target.action][2]
     messages.success(request, f"{verb} {done} run{'s' if done != 1 else ''}.")
     if refusals:
-        shown = "; ".join(refusals[:10]) + (f"; and {len(refusals) - 10} more" if len(refusals) > 10 else "")
+        shown = "; ".join(refusals[:10]) + (
+            f"; and {len(refusals) - 10} more" if len(refusals) > 10 else ""
+        )
         messages.warning(request, f"Refused for {len(refusals)}: {shown}")
     return redirect(back)
 
@@ -320,9 +311,7 @@ def _recovery_context(run: Run) -> dict[str, Any]:
     )
     history = services.state_history(run.pk)
     return {
-        "checkpoints": list(
-            run.checkpoints.defer("data").order_by("-created_at", "-pk")[:100]
-        ),
+        "checkpoints": list(run.checkpoints.defer("data").order_by("-created_at", "-pk")[:100]),
         "history": history[-HISTORY_LIMIT:][::-1],
         "history_truncated": len(history) > HISTORY_LIMIT,
         "breakpoints": list(run.state.get("breakpoints", [])),
@@ -417,7 +406,9 @@ def run_recovery(request: HttpRequest, run_id: Any, action: str) -> HttpResponse
         return redirect(back)
     except services.ServiceError as exc:
         details = "; ".join(f"{e['path']}: {e['message']}" for e in exc.errors[:5])
-        messages.error(request, f"Could not {action}: {exc.message}" + (f" ({details})" if details else ""))
+        messages.error(
+            request, f"Could not {action}: {exc.message}" + (f" ({details})" if details else "")
+        )
         return redirect(back)
     messages.success(request, done)
     return redirect(back)
@@ -515,30 +506,29 @@ def intervention_decide(request: HttpRequest, pk: int) -> HttpResponse:
 
 @viewer_required
 def error_groups(request: HttpRequest) -> HttpResponse:
-    qs = ErrorRecord.objects.all()
+    """Failures across runs, grouped by fingerprint (``monitoring.stats.error_groups``)."""
     notes = []
-    error_class = request.GET.get("class", "").strip()
-    if error_class:
-        if re.match(r"^[a-z_]{1,30}$", error_class):
-            qs = qs.filter(error_class=error_class)
-        else:
-            notes.append(f"Ignored class filter {error_class[:50]!r}.")
-            error_class = ""
-    groups = list(
-        qs.values("fingerprint")
-        .annotate(
-            count=Count("id"),
-            runs=Count("run", distinct=True),
-            first_seen=Min("created_at"),
-            last_seen=Max("created_at"),
-            latest_id=Max("id"),
-        )
-        .order_by("-last_seen")[:100]
+    wanted = {
+        "class": (request.GET.get("class", "").strip(), r"^[a-z_]{1,30}$"),
+        "fingerprint": (request.GET.get("fingerprint", "").strip().lower(), r"^[0-9a-f]{64}$"),
+        "workflow": (request.GET.get("workflow", "").strip(), WORKFLOW_NAME_RE.pattern),
+    }
+    chosen: dict[str, str] = {}
+    for name, (value, pattern) in wanted.items():
+        if value and re.match(pattern, value):
+            chosen[name] = value
+        elif value:
+            notes.append(f"Ignored {name} filter {value[:50]!r}.")
+    groups = stats.error_groups(
+        chosen.get("fingerprint"), chosen.get("class"), chosen.get("workflow")
     )
-    latest = ErrorRecord.objects.in_bulk([g["latest_id"] for g in groups])
-    for group in groups:
-        group["latest"] = latest.get(group["latest_id"])
-    context = {"groups": groups, "notes": notes, "error_class": error_class}
+    context = {
+        "groups": groups,
+        "notes": notes,
+        "error_class": chosen.get("class", ""),
+        "chosen": chosen,
+        "may_retry": auth.can(request.user, "retry"),
+    }
     return render(request, "errors/list.html", context)
 
 
@@ -560,6 +550,7 @@ def workflow_list(request: HttpRequest) -> HttpResponse:
             "definition": d,
             "versions": version_counts[name],
             "runs": run_counts.get(name, 0),
+            "stats": stats.workflow_stats(name),
         }
         for name, d in latest.items()
     ]
@@ -584,10 +575,39 @@ def _workflow_context(request: HttpRequest, name: str) -> dict[str, Any] | None:
         "versions": versions,
         "selected": selected,
         "notes": notes,
+        "stats": stats.workflow_stats(name),
+        "graph_svg": mark_safe(graph.definition_graph_svg(selected)),  # noqa: S308
+        **_version_diff(request, versions, selected, notes),
         "recent_runs": Run.objects.filter(workflow_name=name)[:10],
         "may_operate": may_operate(request.user),
         "input_text": "{}",
         "now": timezone.now(),
+    }
+
+
+def _version_diff(
+    request: HttpRequest,
+    versions: list[WorkflowDefinition],
+    selected: WorkflowDefinition,
+    notes: list[str],
+) -> dict[str, Any]:
+    """The YAML diff of ``?compare=N`` (default: the version before) against the selected."""
+    others = [v for v in versions if v.pk != selected.pk]
+    wanted = request.GET.get("compare", "").strip()
+    base = next((v for v in others if str(v.version) == wanted), None)
+    if wanted and base is None:
+        notes.append(f"Ignored compare {wanted[:20]!r}: not another version.")
+    if base is None:
+        base = next((v for v in versions if v.version < selected.version), None)
+    if base is None:
+        return {"compare_to": None, "other_versions": others}
+    diff = statediff.text_diff(
+        base.source, selected.source, f"v{base.version}", f"v{selected.version}"
+    )
+    return {
+        "compare_to": base,
+        "other_versions": others,
+        "version_diff": mark_safe(diff),  # noqa: S308 (every line escaped)
     }
 
 

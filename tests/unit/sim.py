@@ -252,10 +252,7 @@ class Simulator:
             self._queue = [
                 item
                 for item in self._queue
-                if not (
-                    isinstance(item[2], InterventionDecided)
-                    and c.step in (None, item[2].step)
-                )
+                if not (isinstance(item[2], InterventionDecided) and c.step in (None, item[2].step))
             ]
             heapq.heapify(self._queue)
         elif isinstance(c, OpenIntervention):
