@@ -11,6 +11,7 @@ urlpatterns = [
     path("runs/bulk/", views.run_bulk, name="run-bulk"),
     path("runs/<str:run_id>/", views.run_detail, name="run-detail"),
     path("runs/<str:run_id>/steps/", views.step_action, name="run-step-action"),
+    path("runs/<str:run_id>/state/", views.run_state, name="run-state"),
     path(
         "runs/<str:run_id>/resume-from/<str:step>/",
         views.run_resume_from,

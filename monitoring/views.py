@@ -649,3 +649,46 @@ def workflow_start(request: HttpRequest, name: str) -> HttpResponse:
         return render(request, "workflows/detail.html", context, status=exc.status)
     messages.success(request, f"Started run {run.pk} of {name} v{run.workflow_version}.")
     return redirect("run-detail", run_id=run.pk)
+
+
+# --------------------------------------------------------------------------- state inspector
+
+
+def _state_choice(run: Run, choice: str) -> tuple[str, dict[str, Any]]:
+    """``current`` or a checkpoint id of this run -> (label, state)."""
+    if choice in ("", "current"):
+        return f"current state (version {run.state_version})", run.state
+    checkpoint = run.checkpoints.filter(pk=int(choice)).first() if choice.isdigit() else None
+    if checkpoint is None:
+        raise services.ServiceError(404, f"run {run.pk} has no checkpoint {choice}")
+    state = services.checkpoint_state(run.pk, checkpoint.pk)
+    label = f"checkpoint {checkpoint.pk} ({checkpoint.kind}"
+    label += f" after {checkpoint.step})" if checkpoint.step else ")"
+    return label, state
+
+
+@viewer_required
+def run_state(request: HttpRequest, run_id: Any) -> HttpResponse:
+    """The state inspector: the current state or any checkpoint, or the diff of two."""
+    try:
+        run = services.get_run(run_id)
+    except services.NotFound:
+        return not_found(request, f"There is no run {run_id}.", reverse("run-list"), "All runs")
+    a_choice = request.GET.get("a", "current")
+    b_choice = request.GET.get("b", "")
+    context: dict[str, Any] = {
+        "run": run,
+        "a": a_choice,
+        "b": b_choice,
+        "checkpoints": list(run.checkpoints.defer("data").order_by("-created_at", "-pk")[:200]),
+    }
+    try:
+        context["a_label"], a_state = _state_choice(run, a_choice)
+        if b_choice:
+            context["b_label"], b_state = _state_choice(run, b_choice)
+            context["diff"] = statediff.diff_states(a_state, b_state)
+        else:
+            context["state_text"] = json.dumps(a_state, indent=2, sort_keys=True)
+    except services.ServiceError as exc:
+        context["problem"] = exc.message
+    return render(request, "runs/state.html", context, status=400 if "problem" in context else 200)

@@ -89,8 +89,8 @@ def test_corrupted_state_is_detected_and_restored(worker):
     run = failed_run()
     with connection.cursor() as cursor:  # somebody edits the state behind the engine's back
         cursor.execute(
-            "UPDATE workflows_run SET state_doc = replace(state_doc, '\"status\":\"succeeded\"', "
-            "'\"status\":\"bogus\"') WHERE id = %s",
+            'UPDATE workflows_run SET state_doc = replace(state_doc, \'"status":"succeeded"\', '
+            '\'"status":"bogus"\') WHERE id = %s',
             [run.pk],
         )
     services.retry_step(run.pk, "c")

@@ -583,10 +583,11 @@ def _fail_step(w: _Work, name: str, attempt: int, error: dict[str, Any], jitter:
         wait = policy.retry.wait_before_retry(retries, jitter)
         st.update(status="retrying", retries=retries, error=error, due=w.now + wait)
         w.emit("step.retrying", name, attempt, error=error, wait=wait, retry=retries)
-        if wait <= 0:
+        if wait <= 0 and not w.state.get("paused"):
             _dispatch(w, name)
-        else:
+        elif wait > 0:
             w.commands.append(SetTimer(name, w.now + wait))
+        # else: paused; ResumeRun dispatches the retry that is already due
         return
     st.update(status="failed", error=error, due=None, finished=w.now)
     w.emit("step.failed", name, attempt, error=error)
@@ -1196,6 +1197,8 @@ def _advance_once(w: _Work) -> bool:
         elif (
             status == "failed"
             and st["kind"] in ("action", "approval")
+            # once the run is failing, a fallback cut short resolves nothing (no escalation)
+            and w.state["phase"] == "main"
             and (
                 not st.get("fallback_done")
                 and f"{name}/fallback" in _scopes(w)

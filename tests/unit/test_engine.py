@@ -146,12 +146,19 @@ def test_if_condition_skips_step_and_dependents_run() -> None:
         """)
     )
     assert r.status == "succeeded"
-    assert statuses(r.state) == {"a": "succeeded", "b": "skipped", "c": "succeeded", "d": "succeeded"}
+    assert statuses(r.state) == {
+        "a": "succeeded",
+        "b": "skipped",
+        "c": "succeeded",
+        "d": "succeeded",
+    }
     assert r.dispatched() == ["a", "c", "d"]
     assert r.state["steps"]["b"]["attempt"] == 0
 
 
-@pytest.mark.parametrize(("amount", "taken", "not_taken"), [(2000, "review", "auto"), (5, "auto", "review")])
+@pytest.mark.parametrize(
+    ("amount", "taken", "not_taken"), [(2000, "review", "auto"), (5, "auto", "review")]
+)
 def test_if_flow_step_then_else(amount: int, taken: str, not_taken: str) -> None:
     r = simulate(
         wf("""
@@ -222,7 +229,10 @@ def test_foreach_max_parallel_respected() -> None:
     assert r.max_in_flight["ship"] == 2
     # at no point more than 2 iterations queued/running
     for _, snap in r.snapshots:
-        assert sum(1 for n, s in snap.items() if n.startswith("ship[") and s in ("queued", "running")) <= 2
+        assert (
+            sum(1 for n, s in snap.items() if n.startswith("ship[") and s in ("queued", "running"))
+            <= 2
+        )
     assert r.state["steps"]["each"]["output"] == [{"n": i} for i in items]
 
 
@@ -715,10 +725,16 @@ def test_compensation_failure_means_failed() -> None:
 
 
 def test_no_compensations_means_failed() -> None:
-    r = simulate(wf("""
+    r = simulate(
+        wf(
+            """
     - {name: a, type: noop}
     - {name: b, type: noop}
-    """, "on-error: [{name: h, type: noop}]"), script={"b": fail()})
+    """,
+            "on-error: [{name: h, type: noop}]",
+        ),
+        script={"b": fail()},
+    )
     assert r.dispatched() == ["a", "b", "h"]
     assert r.status == "failed"
 
@@ -806,10 +822,12 @@ def test_approval_bad_action() -> None:
 
 
 def test_sleep_long_timer_waiting_then_succeeds() -> None:
-    sim = Simulator(wf("""
+    sim = Simulator(
+        wf("""
     - {name: nap, type: sleep, with: {duration: 2h}}
     - {name: after, type: noop}
-    """))
+    """)
+    )
     d = sim.start()
     assert cmds(d, SetTimer) == [SetTimer("nap", T0 + 7200)]
     assert cmds(d, RecordAttempt)[0].step_type == "sleep"
@@ -859,7 +877,9 @@ def test_pause_and_resume() -> None:
 
 
 def test_pause_holds_retry_timer_until_resume() -> None:
-    sim = Simulator(wf("""- {name: a, type: noop, on-failure: {retry: {max-attempts: 1, delay: 5s}}}"""))
+    sim = Simulator(
+        wf("""- {name: a, type: noop, on-failure: {retry: {max-attempts: 1, delay: 5s}}}""")
+    )
     sim.start()
     sim.feed(AttemptFailed(T0 + 1, "a", 1, {"type": "X", "message": ""}))
     sim.feed(PauseRun(T0 + 2))
@@ -929,10 +949,12 @@ def test_retry_step_not_allowed_on_succeeded_step_or_after_compensation() -> Non
 
 
 def test_stale_and_duplicate_reports_change_nothing() -> None:
-    sim = Simulator(wf("""
+    sim = Simulator(
+        wf("""
     - {name: a, type: noop, on-failure: {retry: {max-attempts: 2}}}
     - {name: b, type: noop}
-    """))
+    """)
+    )
     sim.start()
     sim.feed(AttemptFailed(T0 + 1, "a", 1, {"type": "X", "message": ""}))  # attempt 2 queued
     state = copy.deepcopy(sim.state)
@@ -998,7 +1020,9 @@ def test_decide_never_mutates_input_state() -> None:
         state = decision.state
         for c in cmds(decision, DispatchAttempt):
             if c.step == "c":
-                events.append(AttemptFailed(T0 + seen, c.step, c.attempt, {"type": "X", "message": ""}))
+                events.append(
+                    AttemptFailed(T0 + seen, c.step, c.attempt, {"type": "X", "message": ""})
+                )
             else:
                 events.append(AttemptSucceeded(T0 + seen, c.step, c.attempt, {"n": seen}))
     assert state["status"] == "compensated"
@@ -1046,3 +1070,40 @@ def test_engine_does_not_import_django() -> None:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_fallback_cut_short_by_run_failure_does_not_escalate() -> None:
+    """Regression: a fallback cancelled because the run failed must not open an escalation."""
+    r = simulate(
+        wf(
+            """
+            - name: a
+              type: noop
+              on-failure:
+                fallback: [{name: fb, type: noop}]
+                escalate: true
+            - {name: b, type: noop, needs: []}
+            """,
+            "on-error: [{name: h, type: noop}]",
+        ),
+        script={"a": fail(duration=1), "fb": ok(duration=5), "b": fail(duration=2)},
+        escalations={"a": "retry"},
+    )
+    assert r.interventions == []
+    assert r.executions("a") == 1
+    assert r.status == "failed"
+    assert r.step_status("fb") == "cancelled"
+    assert r.step_status("a") == "failed"
+
+
+def test_pause_holds_immediate_retry_until_resume() -> None:
+    """Regression: a retry without delay must not dispatch while the run is paused."""
+    sim = Simulator(wf("""- {name: a, type: noop, on-failure: {retry: {max-attempts: 1}}}"""))
+    sim.start()
+    sim.feed(PauseRun(T0 + 0.5))
+    d = sim.feed(AttemptFailed(T0 + 1, "a", 1, {"type": "X", "message": ""}))
+    assert dispatched(d) == []
+    assert d.state["steps"]["a"]["status"] == "retrying"
+    assert d.state["status"] == "paused"
+    d = sim.feed(ResumeRun(T0 + 2))
+    assert [(c.step, c.attempt) for c in cmds(d, DispatchAttempt)] == [("a", 2)]

@@ -140,7 +140,11 @@ def all_names(data: dict[str, Any]) -> list[str]:
 
 # mostly successes, so that runs get deep before something fails for good
 outcomes = st.lists(
-    st.tuples(st.sampled_from([True, True, True, False]), st.sampled_from(["A", "B"]), st.sampled_from([0.5, 1.0, 2.0, 3.0])),
+    st.tuples(
+        st.sampled_from([True, True, True, False]),
+        st.sampled_from(["A", "B"]),
+        st.sampled_from([0.5, 1.0, 2.0, 3.0]),
+    ),
     min_size=1,
     max_size=4,
 )
@@ -180,7 +184,9 @@ def _policy(spec: WorkflowSpec, base: str) -> OnFailureSpec | None:
 
 
 def _done(st_: dict[str, Any]) -> bool:
-    return st_["status"] in engine.DONE or (st_["status"] == "failed" and bool(st_.get("continued")))
+    return st_["status"] in engine.DONE or (
+        st_["status"] == "failed" and bool(st_.get("continued"))
+    )
 
 
 def expected_wait(retry: Any, n: int, jitter: float) -> float:
@@ -227,13 +233,17 @@ def check_retries_and_waits(spec: WorkflowSpec, r: SimResult) -> None:
         step = event.step
         before = decision.state["steps"].get(step)
         if before is None or not any(
-            isinstance(c, engine.Emit) and c.step == step and c.type in ("step.retrying", "step.failed")
+            isinstance(c, engine.Emit)
+            and c.step == step
+            and c.type in ("step.retrying", "step.failed")
             for c in decision.commands
         ):
             continue  # a stale report
         policy = _policy(spec, before["base"])
         timers = [c for c in decision.commands if isinstance(c, SetTimer) and c.step == step]
-        redispatch = [c for c in decision.commands if isinstance(c, DispatchAttempt) and c.step == step]
+        redispatch = [
+            c for c in decision.commands if isinstance(c, DispatchAttempt) and c.step == step
+        ]
         retried = bool(timers or redispatch)
         if policy is None or policy.retry is None:
             assert not retried
@@ -254,10 +264,12 @@ def check_retries_and_waits(spec: WorkflowSpec, r: SimResult) -> None:
         else:
             assert expected <= 0
     for step in {d.step for d in r.dispatches}:
-        base = r.state["steps"][step]["base"]
-        policy = _policy(spec, base)
+        st_ = r.state["steps"][step]
+        policy = _policy(spec, st_["base"])
         max_attempts = policy.retry.max_attempts if policy and policy.retry else 0
-        assert r.executions(step) <= (1 + max_attempts) * rounds.get(step, 1)
+        # a fallback runs again after each escalation retry of its owner
+        owner = st_["scope"].split("/")[0] if st_["kind"] == "fallback" else step
+        assert r.executions(step) <= (1 + max_attempts) * rounds.get(owner, 1), step
 
 
 def check_compensation_order(spec: WorkflowSpec, r: SimResult) -> None:
@@ -293,11 +305,16 @@ def check_terminal_state(r: SimResult) -> None:
     assert engine.next_due(r.state) is None
     if r.status == "succeeded":
         for st_ in r.state["steps"].values():
-            assert st_["status"] in engine.DONE or (st_["status"] == "failed" and st_.get("continued")) \
+            assert (
+                st_["status"] in engine.DONE
+                or (st_["status"] == "failed" and st_.get("continued"))
                 or st_["kind"] == "fallback"
+            )
     if r.status == "compensated":
         assert all(
-            st_["status"] == "succeeded" for st_ in r.state["steps"].values() if st_["kind"] == "compensation"
+            st_["status"] == "succeeded"
+            for st_ in r.state["steps"].values()
+            if st_["kind"] == "compensation"
         )
 
 
@@ -310,4 +327,46 @@ def test_random_workflows(scenario: tuple[WorkflowSpec, dict[str, Any], Simulato
     check_dependencies(spec, r)
     check_retries_and_waits(spec, r)
     check_compensation_order(spec, r)
+    check_terminal_state(r)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios(), st.lists(st.integers(0, 40), max_size=4), st.integers(0, 60))
+def test_random_pause_resume_and_cancel(
+    scenario: tuple[WorkflowSpec, dict[str, Any], Simulator], pauses: list[int], cancel_at: int
+) -> None:
+    """Pauses (each resumed a little later) and maybe a cancel, at random points of a run."""
+    _spec, _data, sim = scenario
+    sim.start()
+    count = 0
+    paused = False
+    while sim.state["status"] not in engine.TERMINAL_RUN:
+        count += 1
+        if count == cancel_at:
+            d = sim.feed(engine.CancelRun(sim.now))
+            assert d.state["status"] == "cancelled"
+            assert not [c for c in d.commands if isinstance(c, DispatchAttempt)]
+            break
+        if paused:
+            sim.feed(engine.ResumeRun(sim.now))
+            paused = False
+        elif count in pauses:
+            sim.feed(engine.PauseRun(sim.now))
+            paused = True
+            # a paused run starts nothing new: deliver one pending report, expect no dispatch
+            if sim.step_once():
+                last = sim.result.decisions[-1]
+                if isinstance(sim.result.events[-1], AttemptFailed | engine.AttemptSucceeded):
+                    fresh = [
+                        c
+                        for c in last.commands
+                        if isinstance(c, DispatchAttempt) and c.kind == "action"
+                    ]
+                    if last.state["phase"] == "main":
+                        assert fresh == []
+            continue
+        if not sim.step_once():
+            break
+    r = sim.result
+    check_terminated(r)
     check_terminal_state(r)
