@@ -26,7 +26,16 @@ class Json:
         self.value = value
 
 
+_PLAIN = (str, int, float, bool, bytes, type(None))
+
+
+def _cursor() -> Any:
+    return connection.cursor()
+
+
 def adapt(value: Any) -> Any:
+    if type(value) in _PLAIN:
+        return value
     if isinstance(value, Json):
         if value.value is None:
             return None
@@ -47,11 +56,11 @@ def insert(
     one = "(" + ", ".join(["%s"] * len(columns)) + ")"
     sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES " + ", ".join([one] * len(rows))
     params = [adapt(v) for row in rows for v in row]
-    with connection.cursor() as cursor:
+    with _cursor() as cur:
         if returning:
-            cursor.execute(sql + " RETURNING id", params)
-            return [r[0] for r in cursor.fetchall()]
-        cursor.execute(sql, params)
+            cur.execute(sql + " RETURNING id", params)
+            return [r[0] for r in cur.fetchall()]
+        cur.execute(sql, params)
         return []
 
 
@@ -59,9 +68,9 @@ def update(table: str, where: str, where_params: Sequence[Any], values: dict[str
     """UPDATE ``table`` SET values WHERE ``where``; returns the row count."""
     sets = ", ".join(f"{column} = %s" for column in values)
     params = [adapt(v) for v in values.values()] + [adapt(v) for v in where_params]
-    with connection.cursor() as cursor:
-        cursor.execute(f"UPDATE {table} SET {sets} WHERE {where}", params)
-        return int(cursor.rowcount)
+    with _cursor() as cur:
+        cur.execute(f"UPDATE {table} SET {sets} WHERE {where}", params)
+        return int(cur.rowcount)
 
 
 class Batch:
@@ -100,14 +109,14 @@ class Batch:
     def run(self, fetch: bool = False) -> list[tuple[Any, ...]]:
         if not self.statements:
             return []
-        with connection.cursor() as cursor:
+        with _cursor() as cur:
             if connection.vendor == "postgresql":
                 text = ";\n".join(s for s, _ in self.statements)
-                cursor.execute(text, [p for _, params in self.statements for p in params])
-                return list(cursor.fetchall()) if fetch else []
+                cur.execute(text, [p for _, params in self.statements for p in params])
+                return list(cur.fetchall()) if fetch else []
             rows: list[tuple[Any, ...]] = []
             for i, (text, params) in enumerate(self.statements):
-                cursor.execute(text, params)
+                cur.execute(text, params)
                 if fetch and i == 0:
-                    rows = list(cursor.fetchall())
+                    rows = list(cur.fetchall())
             return rows

@@ -95,7 +95,7 @@ def _lock_run(run_id: Any) -> Run:
         key = run_id if isinstance(run_id, uuid.UUID) else uuid.UUID(str(run_id))
     except ValueError as exc:
         raise RunNotFound(str(run_id)) from exc
-    with connection.cursor() as cursor:
+    with sql._cursor() as cursor:
         cursor.execute(_LOCK_SQL, [key])
         row = cursor.fetchone()
     if row is None:
