@@ -5,7 +5,7 @@
 
 Environment: DATABASE_URL (default postgres://postgres@127.0.0.1:5432/flowmend_bench_rec,
 created and migrated when missing), BROKER_URL (default redis://127.0.0.1:6379/11),
-FLOWMEND_LEASE_SECONDS for the worker processes (default 5 here; see (c)).
+FLOWMEND_LEASE_SECONDS for the worker processes (default: the settings default, 6 s; see (c)).
 
 (a) checkpoint: p95 of ``store.write_checkpoint`` of a finished 50-step run's state, 200
     repetitions on PostgreSQL (canonical JSON + sha256 + compression + INSERT) inside an
@@ -43,7 +43,6 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/flowmend_bench_rec"
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/11"
-DEFAULT_LEASE_SECONDS = "5"
 TARGETS = {"checkpoint_p95_ms": 5.0, "restore_p95_ms": 100.0, "restart_max_s": 10.0}
 
 FULL = {"checkpoints": 200, "restores": 30, "runs": 20}
@@ -175,7 +174,6 @@ def setup_django() -> None:
     os.environ.setdefault("DATABASE_URL", DEFAULT_DATABASE_URL)
     os.environ.setdefault("BROKER_URL", DEFAULT_BROKER_URL)
     os.environ.setdefault("FLOWMEND_PYTHON_MODULES", "examples")
-    os.environ.setdefault("FLOWMEND_LEASE_SECONDS", DEFAULT_LEASE_SECONDS)
     os.environ.setdefault("SECRET_KEY", "flowmend-bench-not-secret")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "flowmend.settings")
     os.environ["DEBUG"] = "0"
@@ -334,6 +332,7 @@ def bench_restore(restores: int) -> dict[str, Any]:
 
 
 def bench_restart_all(worker: subprocess.Popen[bytes], n_runs: int) -> dict[str, Any]:
+    from django.conf import settings
     from django.db.models import Max
 
     from workflows import services
@@ -395,7 +394,7 @@ def bench_restart_all(worker: subprocess.Popen[bytes], n_runs: int) -> dict[str,
         "unfinished_at_kill": len(open_runs),
         "steps_in_flight_at_kill": running_attempts,
         "down_for_s": round(restarted_at - killed_at, 2),
-        "lease_seconds": float(os.environ.get("FLOWMEND_LEASE_SECONDS", "30")),
+        "lease_seconds": settings.FLOWMEND_LEASE_SECONDS,
         "progressing_again_median_s": round(statistics.median(values), 3) if values else None,
         "progressing_again_max_s": round(max(values), 3) if values else None,
         "never_progressed": stuck,
