@@ -161,6 +161,8 @@ FLOWMEND_LEASE_SECONDS = float(os.environ.get("FLOWMEND_LEASE_SECONDS", "6"))
 FLOWMEND_REDISPATCH_AFTER = float(os.environ.get("FLOWMEND_REDISPATCH_AFTER", "60"))
 FLOWMEND_SWEEP_INTERVAL = float(os.environ.get("FLOWMEND_SWEEP_INTERVAL", "1"))
 # The same worker may run the next step of a chain inline for up to this long.
+# The overview's aggregate figures are computed at most this often per process.
+FLOWMEND_OVERVIEW_CACHE_SECONDS = float(os.environ.get("FLOWMEND_OVERVIEW_CACHE_SECONDS", "2"))
 FLOWMEND_INLINE_SLICE_SECONDS = float(os.environ.get("FLOWMEND_INLINE_SLICE_SECONDS", "0.5"))
 
 LOGGING = {

@@ -6,8 +6,11 @@ view and, on each change (at most once a second), by the dashboard socket.
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
+from django.conf import settings
 from django.utils import timezone
 from django.utils.safestring import mark_safe
 
@@ -39,11 +42,14 @@ def _failure_chart(rows: list[dict[str, Any]]) -> str:
     )
 
 
-def context() -> dict[str, Any]:
-    failures = stats.failure_rate_per_minute(hours=1)
-    throughput = stats.throughput_per_minute(hours=1)
-    finished = sum(r["finished"] for r in failures)
-    failed = sum(r["failed"] for r in failures)
+_figures_lock = threading.Lock()
+_figures: tuple[float, dict[str, Any]] | None = None
+
+
+def _compute_figures() -> dict[str, Any]:
+    throughput = stats.throughput_per_minute(hours=1)  # its rows carry the failures too
+    finished = sum(r["attempts"] for r in throughput)
+    failed = sum(r["failed"] for r in throughput)
     by_status = stats.runs_by_status()
     return {
         "by_status": by_status,
@@ -53,9 +59,28 @@ def context() -> dict[str, Any]:
         "stalled": stats.stalled_runs(limit=10),
         "failing_steps": stats.failing_steps(hours=24, limit=8),
         "throughput_svg": mark_safe(_throughput_chart(throughput)),  # noqa: S308 (charts escape)
-        "failure_svg": mark_safe(_failure_chart(failures)),  # noqa: S308
+        "failure_svg": mark_safe(_failure_chart(throughput)),  # noqa: S308
         "runs_finished_hour": sum(r["runs"] for r in throughput),
         "failure_rate_hour": failed / finished if finished else None,
+    }
+
+
+def figures() -> dict[str, Any]:
+    """The aggregate figures, computed at most once per FLOWMEND_OVERVIEW_CACHE_SECONDS in
+    this process: on a large database they are the expensive part, and open dashboards
+    share them (the live dashboard redraws about once a second)."""
+    global _figures
+    ttl = settings.FLOWMEND_OVERVIEW_CACHE_SECONDS
+    with _figures_lock:
+        now = time.monotonic()
+        if _figures is None or now - _figures[0] >= ttl:
+            _figures = (now, _compute_figures())
+        return dict(_figures[1])
+
+
+def context() -> dict[str, Any]:
+    return {
+        **figures(),
         "recent_runs": Run.objects.all()[:10],
         "recent_interventions": Intervention.objects.filter(status="open").select_related("run")[
             :5

@@ -510,7 +510,7 @@ def error_groups(request: HttpRequest) -> HttpResponse:
     notes = []
     wanted = {
         "class": (request.GET.get("class", "").strip(), r"^[a-z_]{1,30}$"),
-        "fingerprint": (request.GET.get("fingerprint", "").strip().lower(), r"^[0-9a-f]{64}$"),
+        "fingerprint": (request.GET.get("fingerprint", "").strip().lower(), r"^[0-9a-f]{8,64}$"),
         "workflow": (request.GET.get("workflow", "").strip(), WORKFLOW_NAME_RE.pattern),
     }
     chosen: dict[str, str] = {}

@@ -37,6 +37,7 @@ from workflows.models import ApiToken, WorkflowDefinition
 # through tests.runtime.worker_env).
 if "tests" not in settings.FLOWMEND_PYTHON_MODULES:
     settings.FLOWMEND_PYTHON_MODULES = [*settings.FLOWMEND_PYTHON_MODULES, "tests"]
+settings.FLOWMEND_OVERVIEW_CACHE_SECONDS = 0  # tests look at the figures right after a change
 
 SIMPLE_WORKFLOW = """\
 name: simple
