@@ -126,7 +126,13 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL]},
+            "CONFIG": {
+                # channels-redis blocks in BRPOP for 5 s; redis-py's asyncio default socket
+                # timeout is also 5 s, which killed idle consumers: give the socket room.
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 30}],
+                # per-process queue; change notices are tiny and coalesced by the consumer
+                "capacity": 1000,
+            },
         }
     }
 else:

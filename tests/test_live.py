@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import redis
 from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
@@ -187,8 +188,9 @@ def test_bursts_are_coalesced(run: Run) -> None:
         assert (await comm.connect())[0]
         await comm.receive_from(timeout=5)
         started = time.monotonic()
-        for _ in range(200):  # 200 committed changes announced within ~0.2 s
-            live.run_changed(fresh, fresh.state_version)
+        paused = await database_sync_to_async(services.pause)(fresh.pk)  # a real change
+        for _ in range(200):  # then 200 changes announced within ~0.2 s
+            live.run_changed(paused, paused.state_version)
         frames = await _drain(comm, 1.0 - (time.monotonic() - started))
         assert 1 <= len(frames) <= 5, len(frames)
         await comm.disconnect()
