@@ -41,7 +41,7 @@ RESULTS = ROOT / "bench" / "results"
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/flowmend_bench"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/13"
 DEFAULT_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
-THREADS = 8
+THREADS = int(os.environ.get("BENCH_THREADS", "8"))
 TARGET_RATIO = 2.0
 TARGET_THROUGHPUT = 400.0
 
