@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -18,9 +19,14 @@ async def _get(path: str) -> tuple[int, bytes]:
         "client": ("127.0.0.1", 1234),
     }  # fmt: skip
     sent: list[dict[str, Any]] = []
+    requests = iter([{"type": "http.request", "body": b"", "more_body": False}])
 
     async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
+        try:
+            return next(requests)
+        except StopIteration:
+            await asyncio.sleep(60)  # the client stays connected until the response is sent
+            return {"type": "http.disconnect"}
 
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
