@@ -781,3 +781,16 @@ def test_unknown_endpoint_is_a_json_404(api_client):
     body = assert_problem(Client().get("/api/v1/nothing/here"), 404)
     assert "nothing/here" in body["error"]
     assert api_client("viewer").get("/api/v1/runs").status_code == 200
+
+
+@pytest.mark.django_db
+def test_post_without_credentials_is_401_not_a_csrf_403():
+    client = Client(enforce_csrf_checks=True)
+    for path in ("/api/v1/runs", "/api/v1/workflows"):
+        response = client.post(path, data="{}", content_type="application/json")
+        assert response.status_code == 401, (path, response.content)
+        assert response.json()["error"] == "authentication required"
+    response = client.post(
+        "/api/v1/runs", data="{}", content_type="application/json", HTTP_AUTHORIZATION="Basic eDp5"
+    )
+    assert response.status_code == 401

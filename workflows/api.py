@@ -22,7 +22,7 @@ from django.utils.dateparse import parse_datetime
 from ninja import NinjaAPI, Query, Schema
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.parser import Parser
-from ninja.security import HttpBearer, django_auth
+from ninja.security import HttpBearer, SessionAuth
 from pydantic import ConfigDict
 
 from interventions.models import Intervention
@@ -62,6 +62,16 @@ class TokenAuth(HttpBearer):
         return found.user
 
 
+class LoggedInSession(SessionAuth):
+    """The browser's Django session, CSRF-checked; without a logged-in session it steps
+    aside, so a request with no credentials at all is a 401, not a CSRF 403."""
+
+    def _get_key(self, request: HttpRequest) -> str | None:
+        if not request.user.is_authenticated:
+            return None
+        return super()._get_key(request)
+
+
 class BadJSON(Exception):
     pass
 
@@ -84,7 +94,7 @@ api = NinjaAPI(
     title="Flowmend",
     version="1",
     description="Durable workflows: save them, run them, watch and repair runs.",
-    auth=[TokenAuth(), django_auth],
+    auth=[TokenAuth(), LoggedInSession()],
     parser=StrictJSONParser(),
 )
 

@@ -576,6 +576,10 @@ def _retry_allowed(w: _Work, name: str, policy: OnFailureSpec, error: dict[str, 
 def _fail_step(w: _Work, name: str, attempt: int, error: dict[str, Any], jitter: float) -> None:
     node = w.node(name)
     st = w.step(name)
+    if st.get("draining"):  # the run already failed: no retry, fallback or escalation
+        st.update(status="failed", error=error, due=None, finished=w.now)
+        w.emit("step.failed", name, attempt, error=error)
+        return
     policy = node.policy
     if policy is not None and _retry_allowed(w, name, policy, error):
         assert policy.retry is not None
@@ -642,12 +646,16 @@ def _start_sequence(w: _Work, scope: str, names: list[str], kind: str, suffix: s
         w.new_step(name, base, suffix, kind, scope)
 
 
-def _fail_run(w: _Work, error: dict[str, Any] | None, step: str | None) -> None:
+def _fail_run(w: _Work, error: dict[str, Any] | None, step: str | None, drain: bool = True) -> None:
+    """The run is failing: stop the main phase, run on-error handlers, then compensate.
+
+    ``drain``: let attempts already with a worker finish first (a run timeout does not:
+    the run is out of time, so they are cancelled)."""
     if w.state["phase"] != "main":
         return
     w.state["error"] = {**(error or {}), "step": step} if step else error
     w.state["phase"] = "handlers"
-    _stop_main(w, "cancelled")
+    _stop_main(w, "cancelled", drain=drain)
     w.emit("run.failing", step or "", error=error)
     handlers = [s.name for s in w.spec.settings.on_error]
     if handlers:
@@ -655,8 +663,13 @@ def _fail_run(w: _Work, error: dict[str, Any] | None, step: str | None) -> None:
     _after_handlers(w)
 
 
-def _stop_main(w: _Work, status: str) -> None:
-    """Stop every unfinished step of the main phase; running attempts are cancelled."""
+def _stop_main(w: _Work, status: str, drain: bool = False) -> None:
+    """Stop every unfinished step of the main phase.
+
+    With ``drain`` (the run is failing), attempts a worker already has are left to finish:
+    their side effects happen anyway, so a success is recorded and compensated like any
+    other. Otherwise (cancel) they are cancelled and their results ignored.
+    """
     cancelled: list[str] = []
     for name, st in list(w.steps.items()):
         if st["kind"] in ("handler", "compensation"):
@@ -664,6 +677,9 @@ def _stop_main(w: _Work, status: str) -> None:
         if st["status"] in FINISHED:
             if st.get("escalated"):
                 w.step(name)["escalated"] = False
+            continue
+        if drain and _in_flight(w, name):
+            w.step(name)["draining"] = True
             continue
         if st["status"] in ("queued", "running") and st["attempt"]:
             cancelled.append(name)
@@ -674,9 +690,24 @@ def _stop_main(w: _Work, status: str) -> None:
     w.commands.append(CloseInterventions(None))
 
 
+def _in_flight(w: _Work, name: str) -> bool:
+    """An attempt handed to a worker (not a timer, an approval or a flow)."""
+    st = w.steps[name]
+    if st["status"] not in ("queued", "running") or not st["attempt"] or st["kind"] == "flow":
+        return False
+    return w.node(name).spec.type not in ("sleep", "approval")
+
+
+def _draining(w: _Work) -> bool:
+    return any(
+        st.get("draining") and st["status"] in ("queued", "running") for st in w.steps.values()
+    )
+
+
 def _after_handlers(w: _Work) -> None:
-    """Once handlers are done, start compensations (newest completion first)."""
-    if w.state["phase"] != "handlers" or not _sequence_done(w, "/handlers"):
+    """Once handlers are done and in-flight steps have reported, start compensations
+    (newest completion first)."""
+    if w.state["phase"] != "handlers" or not _sequence_done(w, "/handlers") or _draining(w):
         return
     comp_names: list[str] = []
     for name in reversed(w.state.get("completed", [])):
@@ -802,8 +833,11 @@ def _on_decided(w: _Work, e: InterventionDecided) -> None:
 
 
 def _retry(w: _Work, name: str) -> None:
+    """A failed step starts over with its full retry budget; a step waiting for its next
+    retry runs it now and keeps its count (the pending timer then finds nothing to do)."""
     st = w.step(name)
-    st.update(retries=0, error=None, continued=False, fallback_done=False)
+    if st["status"] != "retrying":
+        st.update(retries=0, error=None, continued=False, fallback_done=False)
     _dispatch(w, name)
 
 
@@ -905,7 +939,7 @@ def _on_run_timeout(w: _Work, e: RunTimedOut) -> None:
         "type": "RunTimeout",
         "message": f"the run exceeded its timeout of {w.spec.settings.timeout:g}s",
     }
-    _fail_run(w, error, None)
+    _fail_run(w, error, None, drain=False)
 
 
 def _cancel_active(w: _Work) -> None:

@@ -156,12 +156,22 @@ class Duration(float):
     """Seconds, parsed from the duration syntax."""
 
 
+def parse_written_duration(value: Any) -> float:
+    """A duration as a workflow writes it: always with its unit (CONTRACT: an integer
+    followed by ms, s, m, h, d or w). Values rendered at run time use ``parse_duration``."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value != 0:
+        raise ValueError(
+            f"{value!r} needs a unit: write e.g. {value:g}s (units: ms, s, m, h, d, w)"
+        )
+    return parse_duration(value)
+
+
 def _duration_field(v: Any) -> float:
-    return parse_duration(v)
+    return parse_written_duration(v)
 
 
 def _optional_duration(v: Any) -> float | None:
-    return None if v is None else parse_duration(v)
+    return None if v is None else parse_written_duration(v)
 
 
 def _optional_expression(v: Any) -> str | None:
@@ -169,7 +179,7 @@ def _optional_expression(v: Any) -> str | None:
 
 
 class RetrySpec(_Model):
-    max_attempts: int = Field(alias="max-attempts", ge=1)
+    max_attempts: int = Field(alias="max-attempts", ge=1, strict=True)
     delay: float = 0.0
     strategy: Literal["fixed", "linear", "exponential"] = "fixed"
     multiplier: float = Field(default=2.0, gt=0)
@@ -282,7 +292,7 @@ class StepSpec(_Model):
     steps: tuple[StepSpec, ...] = ()  # if: then-branch; foreach: the body
     else_: tuple[StepSpec, ...] = Field(default=(), alias="else")
     foreach: str | None = None
-    max_parallel: int | None = Field(default=None, alias="max-parallel", ge=1)
+    max_parallel: int | None = Field(default=None, alias="max-parallel", ge=1, strict=True)
 
     _dur = field_validator("timeout", mode="before")(_optional_duration)
     _expr = field_validator("if_", "condition", "foreach", mode="before")(_optional_expression)
@@ -365,7 +375,7 @@ class RecoveryClassSpec(_Model):
     strategy: str
     multiplier: float = Field(default=2.0, gt=0)
     max_timeout: float | None = Field(default=None, alias="max-timeout")
-    max_attempts: int = Field(default=3, alias="max-attempts", ge=1)
+    max_attempts: int = Field(default=3, alias="max-attempts", ge=1, strict=True)
     delay: float = 1.0
     backoff: Literal["fixed", "linear", "exponential"] = "fixed"
     fallback: str = "manual_intervention"
@@ -884,7 +894,7 @@ class _Checker:
                 self.err(f"{where}.duration", "required for sleep steps")
             elif not templated(raw["duration"]):
                 try:
-                    parse_duration(raw["duration"])
+                    parse_written_duration(raw["duration"])
                 except ValueError as exc:
                     self.err(f"{where}.duration", str(exc))
         elif type_ == "http":

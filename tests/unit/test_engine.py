@@ -1073,7 +1073,7 @@ def test_engine_does_not_import_django() -> None:
 
 
 def test_fallback_cut_short_by_run_failure_does_not_escalate() -> None:
-    """Regression: a fallback cancelled because the run failed must not open an escalation."""
+    """Regression: a fallback cut short by the run failing must not open an escalation."""
     r = simulate(
         wf(
             """
@@ -1092,7 +1092,7 @@ def test_fallback_cut_short_by_run_failure_does_not_escalate() -> None:
     assert r.interventions == []
     assert r.executions("a") == 1
     assert r.status == "failed"
-    assert r.step_status("fb") == "cancelled"
+    assert r.step_status("fb") == "succeeded"  # in flight when the run failed: it finishes
     assert r.step_status("a") == "failed"
 
 
@@ -1107,3 +1107,40 @@ def test_pause_holds_immediate_retry_until_resume() -> None:
     assert d.state["status"] == "paused"
     d = sim.feed(ResumeRun(T0 + 2))
     assert [(c.step, c.attempt) for c in cmds(d, DispatchAttempt)] == [("a", 2)]
+
+
+def test_step_in_flight_when_the_run_fails_finishes_and_is_compensated() -> None:
+    """The side effect of an attempt a worker already has happens anyway: record it and
+    compensate it, before the run ends."""
+    r = simulate(
+        wf(
+            """
+            - {name: slow, type: noop, needs: [], compensate: {name: undo-slow, type: noop}}
+            - {name: boom, type: noop, needs: []}
+            """
+        ),
+        script={"slow": ok(duration=5), "boom": fail(duration=1)},
+    )
+    assert r.step_status("slow") == "compensated"
+    assert r.step_status("undo-slow") == "succeeded"
+    assert r.status == "compensated"
+
+
+def test_retrying_a_step_that_waits_for_its_retry_keeps_the_count() -> None:
+    sim = Simulator(
+        wf(
+            """
+            - name: a
+              type: noop
+              on-failure: {retry: {max-attempts: 2, delay: 10s}}
+            """
+        )
+    )
+    d = sim.start()
+    d = sim.feed(AttemptFailed(T0 + 1, "a", 1, {"type": "X"}))
+    assert d.state["steps"]["a"]["status"] == "retrying"
+    d = sim.feed(RetryStep(T0 + 2, "a"))
+    assert cmds(d, DispatchAttempt)[0].attempt == 2
+    assert d.state["steps"]["a"]["retries"] == 1  # kept: one retry used
+    d = sim.feed(TimerFired(T0 + 11, "a"))  # the old timer finds nothing to do
+    assert cmds(d, DispatchAttempt) == []

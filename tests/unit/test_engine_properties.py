@@ -249,6 +249,8 @@ def check_retries_and_waits(spec: WorkflowSpec, r: SimResult) -> None:
             assert not retried
             continue
         retry = policy.retry
+        if not retried and before.get("draining"):
+            continue  # the run had already failed: an in-flight step's failure is final
         if not retried:
             used = retries.get(step, 0)
             assert used == retry.max_attempts or not retry.allows(event.error["type"]), (

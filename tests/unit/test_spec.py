@@ -770,9 +770,11 @@ def test_sleep_duration() -> None:
     assert_error(data, "steps[0].with.duration", "required for sleep steps")
     data["steps"][0]["with"] = {"duration": "5 minutes"}
     assert_error(data, "steps[0].with.duration", "not a duration")
-    for ok in ("250ms", "2h", 3, "{{ inputs.wait }}"):
+    for ok in ("250ms", "2h", 0, "{{ inputs.wait }}"):
         data["steps"][0]["with"] = {"duration": ok}
         validate_data(data)
+    data["steps"][0]["with"] = {"duration": 3}  # a bare number: the unit is required
+    assert_error(data, "steps[0].with.duration", "3 needs a unit: write e.g. 3s")
 
 
 def test_http_with() -> None:

@@ -48,7 +48,12 @@ def http(params: dict[str, Any], context: StepContext) -> Any:
     elif "body" in params:
         body = params["body"]
         kwargs["content"] = body if isinstance(body, str | bytes) else str(body)
-    response = httpx.request(method, str(params["url"]), **kwargs)
+    try:
+        response = httpx.request(method, str(params["url"]), **kwargs)
+    except httpx.TimeoutException as exc:  # the names users write in retry-on
+        raise StepFailure("TimeoutError", f"{method} {params['url']}: {exc!r}") from exc
+    except httpx.TransportError as exc:  # refused, reset, DNS, TLS...
+        raise StepFailure("ConnectionError", f"{method} {params['url']}: {exc!r}") from exc
     ranges = _expected(params.get("expect"))
     if not any(lo <= response.status_code <= hi for lo, hi in ranges):
         raise StepFailure(
