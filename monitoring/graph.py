@@ -16,6 +16,7 @@ from typing import Any
 
 from django.db.models import F
 
+from monitoring.templatetags.flowmend import dom_id as _dom_id
 from workflows import engine, store
 from workflows.models import Run, StepAttempt, WorkflowDefinition
 from workflows.serializers import step_order
@@ -171,7 +172,7 @@ def _node_svg(name: str, st: dict[str, Any], x: float, y: float) -> str:
     )
     e = escape
     return (
-        f'<a href="#step-{e(name)}" class="node st-{e(status)} kind-{e(kind)}"><title>{e(tip)}</title>'
+        f'<a href="#step-{_dom_id(name)}" data-step="{e(name)}" class="node st-{e(status)} kind-{e(kind)}"><title>{e(tip)}</title>'
         f'<rect x="{x:.0f}" y="{y:.0f}" width="{NODE_W}" height="{NODE_H}" rx="7" ry="7" '
         f'fill="{fill}" stroke="{stroke}" stroke-width="1.5"{dash}/>'
         f'<text x="{x + NODE_W / 2:.0f}" y="{y + 15:.0f}" text-anchor="middle" font-size="12" '
@@ -312,7 +313,7 @@ def gantt_svg(
         bar_h = row_h - 6
         label = name if len(name) <= 24 else name[:23] + "…"
         status = state_steps.get(name, {}).get("status", "")
-        out.append(f'<a href="#step-{escape(name)}"><text class="row-label" x="4" y="{y + bar_h - 2}" font-size="11" '
+        out.append(f'<a href="#step-{_dom_id(name)}"><text class="row-label" x="4" y="{y + bar_h - 2}" font-size="11" '
                    f'font-family="sans-serif" fill="#111827">{escape(label)}<title>{escape(name)}: {escape(status)}</title></text></a>')  # fmt: skip
         st = state_steps.get(name, {})
         if name not in by_step and st.get("started"):  # a flow step: its span, outlined

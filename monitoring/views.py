@@ -29,7 +29,7 @@ from django_htmx.http import HttpResponseClientRefresh
 from interventions.models import Intervention
 from monitoring import bulk, graph, run_filters, statediff, stats
 from monitoring import overview as overview_figures
-from workflows import auth, services, store
+from workflows import auth, serializers, services, store
 from workflows.models import (
     TERMINAL_RUN_STATUSES,
     Run,
@@ -153,7 +153,9 @@ def _step_rows(run: Run) -> list[dict[str, Any]]:
     )
     actionable = reopenable and not run.state.get("cancelled")
     rows = []
-    for name, st in run.state.get("steps", {}).items():
+    states = run.state.get("steps", {})
+    for name in serializers.step_order(run):  # the workflow's order (the state is sorted)
+        st = states[name]
         status = st.get("status", "")
         tries = attempts.get(name, [])
         if status == "queued" and tries and tries[-1].status == "running":
@@ -315,8 +317,13 @@ def _recovery_context(run: Run) -> dict[str, Any]:
         "history": history[-HISTORY_LIMIT:][::-1],
         "history_truncated": len(history) > HISTORY_LIMIT,
         "breakpoints": list(run.state.get("breakpoints", [])),
-        "breakpoint_steps": sorted(
-            {s.name for s, kind in store.spec_for(run.definition).all_steps() if kind == "action"}
+        "breakpoint_steps": list(
+            dict.fromkeys(
+                s.name
+                for s, kind in store.spec_for(run.definition).all_steps()
+                if kind == "action"
+                and run.state.get("steps", {}).get(s.name, {}).get("status", "pending") == "pending"
+            )
         ),
         "migrate_to": latest
         if latest and latest > run.workflow_version and run.status in ("paused", "failed")

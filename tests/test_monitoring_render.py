@@ -70,7 +70,7 @@ def _node_status(svg: str) -> dict[str, str]:
     out = {}
     for a in _elements(svg, "a"):
         classes = a.get("class", "").split()
-        name = a.get("href", "").removeprefix("#step-")
+        name = a.get("data-step", "")
         out[name] = next(c[3:] for c in classes if c.startswith("st-"))
     return out
 
@@ -124,7 +124,7 @@ def test_workflow_graph_shows_every_instance_with_its_status(saga_run: Run) -> N
 def test_graph_places_steps_left_to_right_by_dependency_level(saga_run: Run) -> None:
     root = ET.fromstring(graph.workflow_graph_svg(saga_run))
     x = {
-        a.get("href", "").removeprefix("#step-"): float(a.find(SVG + "rect").get("x"))  # type: ignore[union-attr,arg-type]
+        a.get("data-step", ""): float(a.find(SVG + "rect").get("x"))  # type: ignore[union-attr,arg-type]
         for a in root.iter(SVG + "a")
     }
     assert x["reserve"] < x["each"] < x["process[0]"] == x["process[1]"] < x["charge"]

@@ -40,3 +40,18 @@ def test_state_checkpoint_and_diff(worker, client_in):
     assert page.status_code == 400 and b"no checkpoint 999999" in page.content
 
     assert client_in.get("/runs/00000000-0000-0000-0000-000000000000/state/").status_code == 404
+
+
+def test_foreach_step_ids_are_valid_css_selectors(worker, client_in):
+    """htmx looks fragments up by id: `#skip-ship[0]` is not a valid selector."""
+    import re
+
+    services.save_workflow(
+        "name: fan\nsteps:\n  - name: each\n    type: foreach\n    foreach: '[1, 2]'\n"
+        "    steps: [{name: ship, type: python, with: {function: 'tests.steps:always_fail'}}]\n"
+    )
+    run = wait_for_run(services.start_run("fan").pk)
+    page = client_in.get(f"/runs/{run.pk}/").content.decode()
+    ids = re.findall(r'id="([^"]+)"', page)
+    assert "step-ship-0-" in ids
+    assert not [i for i in ids if "[" in i or "]" in i]

@@ -90,6 +90,10 @@ def set_role(user: Any, role: str) -> None:
     groups = ensure_role_groups()
     user.groups.remove(*[g for name, g in groups.items() if name != role])
     user.groups.add(groups[role])
+    # admins also use Django admin (the operators' fall-back): staff with every permission
+    if role == "admin" and not (user.is_staff and user.is_superuser):
+        user.is_staff = user.is_superuser = True
+        user.save(update_fields=["is_staff", "is_superuser"])
     if hasattr(user, "_flowmend_role"):
         del user._flowmend_role
 

@@ -843,7 +843,9 @@ def _retry(w: _Work, name: str) -> None:
 
 def _skip(w: _Work, name: str, output: Any) -> None:
     st = w.step(name)
-    st.update(status="skipped", output=output, due=None, finished=w.now, continued=False)
+    st.update(
+        status="skipped", output=output, error=None, due=None, finished=w.now, continued=False
+    )
     w.emit("step.skipped", name, reason="skipped by operator", output=output)
 
 
@@ -1531,7 +1533,10 @@ def _complete_run(w: _Work) -> None:
     output = {
         name: st["output"]
         for name, st in w.steps.items()
-        if st["scope"] == "" and st["status"] == "succeeded"
+        if st["scope"] == ""
+        and (
+            st["status"] == "succeeded" or (st["status"] == "skipped" and st["output"] is not None)
+        )
     }
     w.state.update(phase="done", final="succeeded", output=output, finished=w.now)
     w.emit("run.succeeded")

@@ -17,6 +17,7 @@ from interventions.models import Intervention
 from workflows import engine, store
 from workflows import spec as spec_mod
 from workflows.models import Checkpoint, Run, WorkflowDefinition
+from workflows.serializers import step_order
 
 
 class ServiceError(Exception):
@@ -217,12 +218,28 @@ def cancel(run_id: Any, user: Any = None, reason: str = "") -> Run:
 
 def retry_step(run_id: Any, step: str, user: Any = None) -> Run:
     _require_step(run_id, step)
-    return _apply(run_id, lambda r: engine.RetryStep(time.time(), step), user)
+    with transaction.atomic():
+        _answer_interventions(run_id, step, "retry", user, None)
+        return _apply(run_id, lambda r: engine.RetryStep(time.time(), step), user)
 
 
 def skip_step(run_id: Any, step: str, output: Any = None, user: Any = None) -> Run:
     _require_step(run_id, step)
-    return _apply(run_id, lambda r: engine.SkipStep(time.time(), step, output), user)
+    with transaction.atomic():
+        _answer_interventions(run_id, step, "skip", user, output)
+        return _apply(run_id, lambda r: engine.SkipStep(time.time(), step, output), user)
+
+
+def _answer_interventions(run_id: Any, step: str, action: str, user: Any, output: Any) -> None:
+    """Retrying or skipping a step answers its open escalation: record who did it."""
+    Intervention.objects.filter(run_id=run_id, step=step, status="open").update(
+        status="decided",
+        decided_at=timezone.now(),
+        decided_by=_user(user),
+        action=action,
+        output=output,
+        comment=f"{action} from the run's step actions",
+    )
 
 
 def _require_step(run_id: Any, step: str) -> None:
@@ -399,10 +416,10 @@ def preview_resume_from(run_id: Any, step: str) -> dict[str, list[str]]:
     run = get_run(run_id)
     _require_step(run_id, step)
     again = engine.downstream_of(store.spec_for(run.definition), run.state, step)
-    kept = [
-        n for n, st in run.state["steps"].items() if n not in again and st["status"] == "succeeded"
-    ]
-    return {"run_again": sorted(again), "kept": kept}
+    states = run.state["steps"]
+    order = step_order(run)  # the workflow's order
+    kept = [n for n in order if n not in again and states[n]["status"] == "succeeded"]
+    return {"run_again": [n for n in order if n in again], "kept": kept}
 
 
 def set_breakpoint(run_id: Any, step: str, enabled: bool = True, user: Any = None) -> Run:

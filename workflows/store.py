@@ -502,7 +502,7 @@ def _open_intervention(run: Run, cmd: engine.OpenIntervention, now: datetime) ->
 
 # --------------------------------------------------------------------------- errors
 
-_NUMBERS = re.compile(r"\b\d+\b")
+_NUMBERS = re.compile(r"\d+")  # also inside tokens: "order bulk55" ~ "order bulk54"
 _HEX = re.compile(r"\b[0-9a-f]{8,}\b|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f-]{27}", re.I)
 
 ERROR_CLASSES_BY_TYPE = {

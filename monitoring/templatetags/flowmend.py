@@ -117,3 +117,9 @@ def open_intervention_count() -> int:
     from interventions.models import Intervention
 
     return Intervention.objects.filter(status="open").count()
+
+
+@register.filter
+def dom_id(value: Any) -> str:
+    """A step name as an HTML id that CSS selectors accept: `ship[2]` -> `ship-2-`."""
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in str(value))
