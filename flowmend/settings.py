@@ -85,6 +85,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "monitoring.middleware.ActionPageMiddleware",
 ]
 
 ROOT_URLCONF = "flowmend.urls"

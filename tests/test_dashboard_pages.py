@@ -312,3 +312,11 @@ def test_workflow_page_shows_stats_graph_and_version_diff(operator: Client) -> N
     assert "Start run of v2" in page
     bad = operator.get("/workflows/list-test/?compare=zz")
     assert "Ignored compare" in html.unescape(bad.content.decode())
+
+
+def test_opening_an_action_address_shows_a_page_and_changes_nothing(client, django_user_model):
+    user = django_user_model.objects.create_superuser("opener", "o@example.com", "pw")
+    client.force_login(user)
+    response = client.get("/runs/bulk/")
+    assert response.status_code == 405
+    assert b"only works from its button" in response.content

@@ -1551,12 +1551,12 @@ def _derive_status(w: _Work) -> str:
     if phase == "compensating":
         return "compensating"
     steps = w.steps.values()
+    if w.state.get("paused") and phase == "main":
+        return "paused"  # an operator's pause shows, even while a decision is pending
     if any(
         s.get("escalated") or (s["kind"] == "approval" and s["status"] == "running") for s in steps
     ):
         return "awaiting_intervention"
-    if w.state.get("paused"):
-        return "paused"
     if phase == "handlers":
         return "running"
     busy = any(
