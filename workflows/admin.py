@@ -175,8 +175,22 @@ class RunAdmin(admin.ModelAdmin):
         _bulk(verb, "Migrated")(self, request, queryset)
 
 
+class ReadOnlyHistory:
+    """Attempts, events, checkpoints and errors are the audit trail: admin shows them and
+    never edits them (the engine writes them; checkpoint retention prunes them)."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 @admin.register(StepAttempt)
-class StepAttemptAdmin(admin.ModelAdmin):
+class StepAttemptAdmin(ReadOnlyHistory, admin.ModelAdmin):
     list_display = [
         "run",
         "step",
@@ -197,7 +211,7 @@ class StepAttemptAdmin(admin.ModelAdmin):
 
 
 @admin.register(RunEvent)
-class RunEventAdmin(admin.ModelAdmin):
+class RunEventAdmin(ReadOnlyHistory, admin.ModelAdmin):
     list_display = ["run", "seq", "type", "step", "attempt", "at", "actor"]
     list_filter = ["type"]
     search_fields = ["run__id", "step", "type", "actor"]
@@ -207,7 +221,7 @@ class RunEventAdmin(admin.ModelAdmin):
 
 
 @admin.register(Checkpoint)
-class CheckpointAdmin(admin.ModelAdmin):
+class CheckpointAdmin(ReadOnlyHistory, admin.ModelAdmin):
     list_display = ["run", "kind", "step", "created_at", "size_bytes", "compressed", "valid"]
     list_filter = ["kind", "valid", "compressed"]
     search_fields = ["run__id", "step", "checksum"]
@@ -234,7 +248,7 @@ class CheckpointAdmin(admin.ModelAdmin):
 
 
 @admin.register(ErrorRecord)
-class ErrorRecordAdmin(admin.ModelAdmin):
+class ErrorRecordAdmin(ReadOnlyHistory, admin.ModelAdmin):
     list_display = [
         "type",
         "short_message",
