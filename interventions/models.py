@@ -20,6 +20,12 @@ class Intervention(models.Model):
     prompt = models.TextField(blank=True, default="")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
     options = models.JSONField(default=list)
+    required_approvals = models.PositiveSmallIntegerField(
+        default=1, help_text="settings.interventions.approvals: 2 = four eyes."
+    )
+    approvals = models.JSONField(
+        default=list, blank=True, help_text="Approvals so far: [{user_id, by, at, comment}]."
+    )
     context = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     expires_at = models.DateTimeField(null=True, blank=True)

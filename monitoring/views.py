@@ -498,13 +498,20 @@ def intervention_decide(request: HttpRequest, pk: int) -> HttpResponse:
         messages.error(request, f"Could not {action}: {problem}")
         return redirect(back)
     try:
-        services.decide(
+        decided = services.decide(
             pk, action, user=request.user, output=output, comment=request.POST.get("comment", "")
         )
     except services.ServiceError as exc:
         messages.error(request, f"Could not {action or 'decide'}: {exc.message}")
         return redirect(back)
-    messages.success(request, f"Decided intervention {pk}: {action}.")
+    if decided.status == "open":  # four eyes: one approval recorded, more needed
+        messages.success(
+            request,
+            f"Your approval is recorded ({len(decided.approvals)} of "
+            f"{decided.required_approvals}); another person must approve too.",
+        )
+    else:
+        messages.success(request, f"Decided intervention {pk}: {action}.")
     return redirect(back)
 
 

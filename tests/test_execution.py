@@ -183,3 +183,34 @@ steps:
         StepAttempt.objects.filter(run=run).order_by("number").values_list("status", flat=True)
     )
     assert errors == ["failed", "failed", "succeeded"]
+
+
+def test_four_eyes_approval_needs_two_people_other_than_the_requester(worker, django_user_model):
+    name = save(
+        """
+name: four-eyes
+settings: {interventions: {approvals: 2}}
+steps:
+  - {name: sign-off, type: approval, with: {prompt: "Release?"}}
+  - {name: release, type: noop}
+"""
+    )
+    requester, ann, bob = (
+        django_user_model.objects.create_user(n, password="pw") for n in ("req", "ann", "bob")
+    )
+    run = wait_for_run(services.start_run(name, user=requester).pk, {"awaiting_intervention"})
+    intervention = Intervention.objects.get(run=run, status="open")
+    assert intervention.required_approvals == 2
+    with pytest.raises(services.ServiceError) as err:
+        services.decide(intervention.pk, "approve", requester)
+    assert err.value.status == 403
+    assert services.decide(intervention.pk, "approve", ann).status == "open"  # one of two
+    with pytest.raises(services.ServiceError):
+        services.decide(intervention.pk, "approve", ann)  # the same person twice
+    assert services.decide(intervention.pk, "approve", bob).status == "decided"
+    run = wait_for_run(run.pk)
+    assert run.status == "succeeded"
+    assert [a["by"] for a in Intervention.objects.get(pk=intervention.pk).approvals] == [
+        "ann",
+        "bob",
+    ]

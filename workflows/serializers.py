@@ -261,6 +261,8 @@ def intervention(i: Intervention) -> dict[str, Any]:
         "action": i.action,
         "comment": i.comment,
         "output": i.output,
+        "required_approvals": i.required_approvals,
+        "approvals": [{"by": a.get("by"), "at": a.get("at")} for a in (i.approvals or [])],
     }
 
 

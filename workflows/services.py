@@ -230,6 +230,44 @@ def skip_step(run_id: Any, step: str, output: Any = None, user: Any = None) -> R
         return _apply(run_id, lambda r: engine.SkipStep(time.time(), step, output), user)
 
 
+def _count_approval(intervention: Intervention, user: Any, comment: str) -> bool:
+    """Four eyes: record one approval; True when enough different people approved.
+
+    The person who started the run never approves their own run, and nobody counts twice.
+    """
+    with transaction.atomic():
+        locked = Intervention.objects.select_for_update().get(pk=intervention.pk)
+        if locked.status != "open":
+            raise ServiceError(409, f"intervention {locked.pk} is already {locked.status}")
+        user_id = getattr(user, "pk", None)
+        requester = Run.objects.values_list("created_by_id", flat=True).get(pk=locked.run_id)
+        if user_id is not None and user_id == requester:
+            raise ServiceError(
+                403, "you started this run: its approval needs other people (four eyes)"
+            )
+        if any(a.get("user_id") == user_id for a in locked.approvals):
+            raise ServiceError(409, "you have already approved; another person must approve too")
+        approvals = [
+            *locked.approvals,
+            {"user_id": user_id, "by": _actor(user), "at": timezone.now().isoformat(),
+             "comment": comment},
+        ]  # fmt: skip
+        Intervention.objects.filter(pk=locked.pk).update(approvals=approvals)
+        enough = len(approvals) >= locked.required_approvals
+    if not enough:
+        store.record_event(
+            intervention.run_id,
+            "intervention.approved",
+            _actor(user),
+            {
+                "step": intervention.step,
+                "approvals": len(approvals),
+                "required": locked.required_approvals,
+            },
+        )
+    return enough
+
+
 def _answer_interventions(run_id: Any, step: str, action: str, user: Any, output: Any) -> None:
     """Retrying or skipping a step answers its open escalation: record who did it."""
     Intervention.objects.filter(run_id=run_id, step=step, status="open").update(
@@ -296,6 +334,10 @@ def decide(
             [{"path": "action", "message": f"must be one of {intervention.options}"}],
         )
     by = _actor(user)
+    four_eyes = action == "approve" and intervention.required_approvals > 1
+    if four_eyes and not _count_approval(intervention, user, comment or ""):
+        intervention.refresh_from_db()
+        return intervention  # recorded; more approvers needed
 
     def record(run: Run) -> None:
         updated = Intervention.objects.filter(pk=intervention.pk, status="open").update(

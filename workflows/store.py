@@ -495,6 +495,7 @@ def _open_intervention(run: Run, cmd: engine.OpenIntervention, now: datetime) ->
         reason=cmd.reason,
         prompt=cmd.prompt,
         options=list(cmd.options),
+        required_approvals=spec.settings.interventions.approvals if cmd.kind == "approval" else 1,
         expires_at=expires,
         context={"error": run.state.get("steps", {}).get(cmd.step, {}).get("error")},
     )
