@@ -123,3 +123,27 @@ def open_intervention_count() -> int:
 def dom_id(value: Any) -> str:
     """A step name as an HTML id that CSS selectors accept: `ship[2]` -> `ship-2-`."""
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in str(value))
+
+
+OPTION_HELP = {
+    "approve": "let the step succeed; its output is this decision",
+    "reject": "fail the step; its on-failure applies",
+    "retry": "run the failed step again",
+    "skip": "mark the step done with the output given",
+    "restore": "go back to the run's newest valid checkpoint; later steps run again",
+    "restart": "start a new run from scratch and cancel this one",
+    "compensate": "fail the run: on-error handlers run, then completed steps are undone",
+    "abort": "stop the run now; nothing is undone",
+}
+CONFIRM = {"reject", "restore", "restart", "compensate", "abort"}
+
+
+@register.filter
+def option_help(option: str) -> str:
+    """What an intervention option does, in one line (shown on its button)."""
+    return OPTION_HELP.get(str(option), "")
+
+
+@register.filter
+def needs_confirm(option: str) -> bool:
+    return str(option) in CONFIRM
