@@ -32,7 +32,6 @@ Scopes: ``""`` is the main list; ``"<flow instance>/then"``, ``"<flow instance>/
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -1613,10 +1612,6 @@ def progress(state: dict[str, Any]) -> dict[str, int]:
     total = sum(counts.values())
     counts["percent"] = round(100 * counts["completed"] / total) if total else 0
     return counts
-
-
-def active_steps(state: dict[str, Any]) -> Iterable[str]:
-    return [n for n, s in state.get("steps", {}).items() if s["status"] in ACTIVE]
 
 
 def downstream_of(spec: WorkflowSpec, state: dict[str, Any], step: str) -> set[str]:

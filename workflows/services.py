@@ -388,11 +388,6 @@ def decide(
 # --------------------------------------------------------------------------- recovery
 
 
-def _paused_or_stopped(run: Run, verb: str) -> None:
-    if run.status in ("pending", "running", "waiting", "compensating"):
-        raise ServiceError(409, f"the run is {run.status}: pause it before you {verb}")
-
-
 def restore(run_id: Any, checkpoint_id: Any, user: Any = None) -> Run:
     """Continue the run from one of its checkpoints; later steps run again."""
     run = get_run(run_id)

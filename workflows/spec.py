@@ -152,10 +152,6 @@ class _Model(BaseModel):
     )
 
 
-class Duration(float):
-    """Seconds, parsed from the duration syntax."""
-
-
 def parse_written_duration(value: Any) -> float:
     """A duration as a workflow writes it: always with its unit (CONTRACT: an integer
     followed by ms, s, m, h, d or w). Values rendered at run time use ``parse_duration``."""

@@ -51,17 +51,9 @@ def insert(
     table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], returning: bool = False
 ) -> list[int]:
     """INSERT many rows in one statement; with ``returning``, their ids in order."""
-    if not rows:
-        return []
-    one = "(" + ", ".join(["%s"] * len(columns)) + ")"
-    sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES " + ", ".join([one] * len(rows))
-    params = [adapt(v) for row in rows for v in row]
-    with _cursor() as cur:
-        if returning:
-            cur.execute(sql + " RETURNING id", params)
-            return [r[0] for r in cur.fetchall()]
-        cur.execute(sql, params)
-        return []
+    batch = Batch()
+    batch.insert(table, columns, rows, returning=returning)
+    return [row[0] for row in batch.run(fetch=returning)]
 
 
 def update(table: str, where: str, where_params: Sequence[Any], values: dict[str, Any]) -> int:
